@@ -109,13 +109,17 @@ class EngineScript(_Strict):
     rules: list[ScriptRule] = Field(default_factory=list)
 
 
+def _audio_only() -> list[Literal["audio", "text"]]:
+    return ["audio"]
+
+
 class AgentProfile(_Strict):
     name: str
     description: str = ""
     instructions: str = ""
     model: str = "gpt-realtime"
     voice: str = "marin"
-    output_modalities: list[Literal["audio", "text"]] = Field(default_factory=lambda: ["audio"])
+    output_modalities: list[Literal["audio", "text"]] = Field(default_factory=lambda: _audio_only())
     turn_detection: TurnDetection = Field(default_factory=TurnDetection)
     transcription: Transcription | None = Field(default_factory=Transcription)
     vad: LocalVad = Field(default_factory=LocalVad)

@@ -18,7 +18,9 @@ def run_benchmarks(parts: list[str]) -> None:
     unknown = [p for p in chosen if p not in PARTS]
     if unknown:
         raise SystemExit(f"voice bench: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    print(f"# voice bench on {platform.machine()} {platform.python_implementation()} {platform.python_version()}")
+    print(
+        f"# voice bench on {platform.machine()} {platform.python_implementation()} {platform.python_version()}"
+    )
     for part in chosen:
         started = time.perf_counter()
         module = importlib.import_module(f"voice.bench.{part}")
