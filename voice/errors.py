@@ -95,3 +95,15 @@ class UpstreamClosedError(UpstreamError):
 
 class SpeechError(VoiceError):
     """Offline speech recognition or synthesis failed or is not installed."""
+
+
+class RecordError(VoiceError):
+    """A call record (transcript, cost meter, store, recording) was given invalid input."""
+
+
+class UnknownCallError(RecordError, LookupError):
+    """No call with this id exists in the store."""
+
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"unknown call id: {call_id!r}")
+        self.call_id = call_id
