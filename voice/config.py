@@ -62,6 +62,7 @@ class Settings(BaseSettings):
         env_prefix="VOICE_",
         env_nested_delimiter="__",
         extra="ignore",
+        populate_by_name=True,
     )
 
     host: str = "127.0.0.1"
@@ -75,9 +76,9 @@ class Settings(BaseSettings):
     upstream_url: str | None = None
     """Any Realtime-compatible WebSocket URL (``wss://.../v1/realtime``); overrides the provider default."""
     azure_endpoint: str | None = None
-    """Azure OpenAI resource endpoint, e.g. ``https://NAME.openai.azure.com``; selects Azure when set."""
+    """Azure OpenAI resource endpoint, e.g. ``https://NAME.openai.azure.com``; selects Azure when set
+    (GA path ``/openai/v1/realtime?model=DEPLOYMENT``)."""
     azure_deployment: str | None = None
-    azure_api_version: str = "2025-08-28"
     azure_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("AZURE_OPENAI_API_KEY", "VOICE_AZURE_API_KEY")
     )
