@@ -49,7 +49,7 @@ class EngineSettings(BaseModel):
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest client WebSocket message accepted; larger ones get an ``error`` event and are dropped."""
     chat_url: str | None = None
-    """An OpenAI-compatible chat-completions base URL; when set the responder forwards the conversation there."""
+    """An OpenAI-compatible chat-completions base URL; when set, the responder forwards the conversation."""
     chat_model: str = "default"
     chat_api_key: SecretStr | None = None
     chat_timeout_s: float = 30.0

@@ -323,7 +323,7 @@ def upstream_target(settings: Settings, model: str) -> tuple[str, dict[str, str]
        ("GA version: wss://my-eastus2-openai-resource.openai.azure.com/openai/v1/realtime?model=
        gpt-realtime-deployment-name") and …/how-to/realtime-audio-preview-api-migration-guide ("Use GA
        endpoint URL format … should contain /openai/v1 and shouldn't contain any API version").
-       ``settings.azure_api_version`` is therefore not used.
+
     3. ``settings.openai_api_key``: ``wss://api.openai.com/v1/realtime?model=…`` with
        ``Authorization: Bearer`` and no ``OpenAI-Beta`` header (protocols.md §A.1).
     4. Otherwise the local engine served by this process: ``ws://{host}:{port}/v1/realtime?model=…``
