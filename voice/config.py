@@ -87,6 +87,25 @@ class Settings(BaseSettings):
     prompts_dir: Path = REPO_ROOT / "prompts"
     recordings_dir: Path = REPO_ROOT / "recordings"
 
+    db_path: Path = REPO_ROOT / "recordings" / "voice.db"
+    """The SQLite database of calls, transcripts and usage (WAL mode; opened by the service itself)."""
+
+    max_calls: int = Field(100, ge=1)
+    """Admission control: the next caller past this many live calls gets a clear busy answer."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM: refuse new calls, let live ones finish up to this long, then end them politely."""
+    budget_usd: Decimal | None = None
+    """Optional per-call budget: the model is warned at 80 %, the call ends at 100 %."""
+
+    api_token: SecretStr | None = None
+    """Bearer token for the operator API; with none set, the API answers only on loopback."""
+    token_secret: SecretStr | None = None
+    """HMAC key for short-lived browser caller tokens minted by ``POST /api/tokens``."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Origins allowed to open browser calls; empty means same-origin and loopback only."""
+    browser_open_on_loopback: bool = True
+    """Development mode: browser callers from loopback need no token."""
+
     prices: dict[str, ModelPriceOverride] = Field(default_factory=dict)
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
