@@ -2,6 +2,7 @@
 # The whole test suite: install, then lint, format check, type check and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/apt.sh
 bash scripts/setup.sh "speech,dev"
 export PATH="$PWD/.venv/bin:$PATH"
 
