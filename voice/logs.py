@@ -56,6 +56,10 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 
 
 def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
-    """A logger with the given context bound (e.g. ``call_id``, ``session_id``, ``peer``)."""
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger("voice").bind(**bound)
+    """A logger with the given context bound (e.g. ``call_id``, ``session_id``, ``peer``).
+
+    The logger is a lazy proxy: it is assembled from the configuration in force when it first logs, so
+    module-level loggers created before :func:`configure_logging` still honour the configured level.
+    """
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(**bound)
     return logger

@@ -17,10 +17,10 @@ def run_benchmarks(parts: list[str]) -> None:
     chosen = parts or list(PARTS)
     unknown = [p for p in chosen if p not in PARTS]
     if unknown:
-        raise SystemExit(f"voice bench: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
-    print(
-        f"# voice bench on {platform.machine()} {platform.python_implementation()} {platform.python_version()}"
-    )
+        names = ", ".join(PARTS)
+        raise SystemExit(f"voice bench: unknown part(s) {', '.join(unknown)}; choose from {names}")
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    print(f"# voice bench on {platform.machine()} {python}")
     for part in chosen:
         started = time.perf_counter()
         module = importlib.import_module(f"voice.bench.{part}")
