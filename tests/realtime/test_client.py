@@ -254,11 +254,6 @@ async def test_not_a_websocket_server(reply: bytes, status: int | None) -> None:
     assert info.value.status == status
 
 
-async def test_unresolvable_host() -> None:
-    with pytest.raises(UpstreamConnectError):
-        await RealtimeConnection.open("ws://no-such-host.invalid/v1/realtime", open_timeout=3)
-
-
 @pytest.mark.parametrize("url", ["http://127.0.0.1/v1/realtime", "not a url", "ws://[::1/x"])
 async def test_invalid_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError):
