@@ -1,0 +1,1 @@
+"""Tests of the Twilio bridge (bridges/twilio; protocols.md §E)."""
