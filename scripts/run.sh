@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh speech
-exec .venv/bin/voice engine "$@"
+exec .venv/bin/voice serve "$@"

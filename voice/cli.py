@@ -1,6 +1,13 @@
 """The ``voice`` command.
 
 Sub-commands:
+- ``voice serve``: the service (caller page, browser calls, operator API, metrics) on the embedded local
+  engine, or on OpenAI when ``OPENAI_API_KEY`` is set, or on any Realtime endpoint given with ``--upstream``.
+- ``voice calls``: list calls from the records database (read directly; the service need not run).
+- ``voice call-show ID``: one call with its transcript, cost and recording.
+- ``voice cost``: what calls cost: total, per call, per minute, cache hit rate, savings.
+- ``voice hangup ID`` / ``voice token``: end a live call / mint a browser caller token through the running
+  service's operator API.
 - ``voice engine``: run the local Realtime engine alone (the offline, OpenAI-compatible upstream).
 - ``voice bench``: print the project's performance figures.
 """
@@ -25,6 +32,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``voice`` argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="voice", description="Realtime voice-agent telephony service")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -34,6 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--port", type=int, help="port to listen on (default 8080)")
     engine.add_argument("--agent", help="agent profile whose script the engine plays (default: restaurant)")
     engine.add_argument("--no-asr", action="store_true", help="turn offline speech recognition off")
+
+    serve = sub.add_parser("serve", help="run the service: caller page, browser calls, operator API")
+    _common(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
+    serve.add_argument("--agent", help="default agent profile from prompts/ (default: restaurant)")
+    serve.add_argument("--upstream", metavar="URL", help="any Realtime-compatible ws:// or wss:// endpoint")
+    serve.add_argument("--no-asr", action="store_true", help="local engine without speech recognition")
+    serve.add_argument("--max-calls", type=int, help="admission limit (default 100)")
+    serve.add_argument("--db", type=Path, help="the call records database (default recordings/voice.db)")
+
+    from voice.records_cli import add_record_commands
+
+    add_record_commands(sub, _common)
 
     bench = sub.add_parser("bench", help="print performance figures")
     _common(bench)
@@ -51,6 +73,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         log_level=getattr(args, "log_level", None),
         log_format=getattr(args, "log_format", None),
     )
+    if getattr(args, "upstream", None):
+        settings.upstream_url = args.upstream
+    if getattr(args, "max_calls", None):
+        settings.max_calls = args.max_calls
+    if getattr(args, "db", None):
+        settings.db_path = args.db
     if getattr(args, "agent", None):
         settings.engine.agent = args.agent
         settings.agent = args.agent
@@ -65,6 +93,14 @@ def _run_engine(settings: Settings) -> None:
     asyncio.run(serve(settings, settings.host, settings.port))
 
 
+def _run_serve(settings: Settings) -> None:
+    from voice.profiles import load_profile
+    from voice.server import run
+
+    load_profile(settings.agent, settings.prompts_dir)  # an unknown --agent fails now, with the known names
+    run(settings)
+
+
 def _run_bench(args: argparse.Namespace) -> None:
     from voice.bench import run_benchmarks
 
@@ -72,6 +108,7 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``voice`` command; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
@@ -83,8 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "engine":
             _run_engine(settings)
+        elif args.command == "serve":
+            _run_serve(settings)
         elif args.command == "bench":
             _run_bench(args)
+        else:
+            from voice.records_cli import run_record_command
+
+            return run_record_command(args, settings)
     except KeyboardInterrupt:
         return 130
     except VoiceError as exc:

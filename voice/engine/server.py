@@ -38,7 +38,7 @@ from voice.engine.status import render_status
 from voice.errors import ConfigError, RealtimeError
 from voice.logs import get_logger
 
-__all__ = ["DEFAULT_MODEL", "create_app", "serve", "ws_max_size"]
+__all__ = ["DEFAULT_MODEL", "create_app", "realtime_endpoint", "serve", "ws_max_size"]
 
 DEFAULT_MODEL = "gpt-realtime"
 

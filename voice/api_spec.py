@@ -1,0 +1,414 @@
+"""The operator API's documentation: a hand-written OpenAPI 3.1 document and an HTML page rendered from it.
+
+``GET /api/openapi.json`` serves :func:`openapi`; ``GET /api/docs`` serves :func:`render_docs` (plain HTML,
+no scripts, no outside assets). ``tests/test_server.py`` checks that every HTTP route of the app is
+documented here and that the examples match what the server returns.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any, Final
+
+__all__ = ["PATHS", "openapi", "render_docs"]
+
+_ERROR: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "Stable machine-readable reason: unauthorized, forbidden, token_expired, "
+                    "token_invalid, origin_refused, not_found, not_live, no_recording, invalid_query, "
+                    "invalid_request, unknown_agent.",
+                },
+                "message": {"type": "string", "description": "Human-readable explanation."},
+            },
+        }
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_AUTH_ERRORS: Final[dict[str, Any]] = {
+    "401": _err("Missing or wrong bearer token."),
+    "403": _err("No api_token is configured and the client is not on loopback."),
+}
+
+_CALL: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "example": "call_5f0c2a9d4e1b47a0b3c2d1e0"},
+        "leg": {"type": "string", "enum": ["browser", "twilio", "sip", "webrtc"]},
+        "caller": {"type": ["string", "null"]},
+        "callee": {"type": ["string", "null"]},
+        "agent": {"type": ["string", "null"]},
+        "model": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["ringing", "live", "ended"]},
+        "started_at": {"type": "string", "format": "date-time"},
+        "answered_at": {"type": ["string", "null"], "format": "date-time"},
+        "ended_at": {"type": ["string", "null"], "format": "date-time"},
+        "end_reason": {
+            "type": ["string", "null"],
+            "description": "caller_hangup, agent_end_call, transferred, operator, shutdown, budget, error, "
+            "crashed, ...",
+        },
+        "duration_ms": {"type": ["integer", "null"]},
+        "cost_usd": {"type": "string", "description": "Exact decimal USD.", "example": "0.0421"},
+        "usage": {"type": ["object", "null"], "description": "Token totals."},
+        "cost": {
+            "type": ["object", "null"],
+            "description": "Cost breakdown: fresh/cached, audio/text, cache hit rate, savings, per minute.",
+        },
+        "recording_path": {"type": ["string", "null"]},
+        "recording_url": {"type": ["string", "null"], "example": "/api/calls/call_.../recording"},
+        "metadata": {"type": "object"},
+        "live": {
+            "type": ["object", "null"],
+            "description": "For a live call: the runner's snapshot (live duration, cost so far, state).",
+        },
+    },
+}
+
+_TRANSCRIPT_EVENT: Final[dict[str, Any]] = {
+    "type": "object",
+    "properties": {
+        "call_id": {"type": "string"},
+        "seq": {"type": "integer"},
+        "t_ms": {"type": "integer", "description": "ms since the call started"},
+        "kind": {
+            "type": "string",
+            "enum": ["caller", "agent", "dtmf", "tool_call", "tool_result", "barge_in", "error", "system"],
+        },
+        "text": {"type": "string"},
+        "data": {"type": "object", "description": "agent: item_id, interrupted, heard_ms, generated_text"},
+    },
+}
+
+_CALL_DETAIL: Final[dict[str, Any]] = {
+    "allOf": [
+        _ref("Call"),
+        {
+            "type": "object",
+            "properties": {
+                "transcript": {"type": "array", "items": _ref("TranscriptEvent")},
+                "usage_events": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+    ]
+}
+
+_ID_PARAM: Final[dict[str, Any]] = {
+    "name": "call_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+_TIME_HELP: Final = "ISO 8601 (naive = UTC) or an age before now such as 15m, 2h, 7d."
+
+PATHS: Final[dict[str, Any]] = {
+    "/api/agents": {
+        "get": {
+            "summary": "Agents a caller can choose (public, no auth).",
+            "security": [],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "default": {"type": "string"},
+                            "agents": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "description": {"type": "string"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "The agent profiles in prompts/.",
+                )
+            },
+        }
+    },
+    "/api/calls": {
+        "get": {
+            "summary": "List live and past calls, newest first.",
+            "parameters": [
+                {
+                    "name": "status",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["ringing", "live", "ended"]},
+                },
+                {"name": "leg", "in": "query", "schema": {"type": "string"}},
+                {"name": "agent", "in": "query", "schema": {"type": "string"}},
+                {"name": "since", "in": "query", "schema": {"type": "string"}, "description": _TIME_HELP},
+                {"name": "until", "in": "query", "schema": {"type": "string"}, "description": _TIME_HELP},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "default": 100, "maximum": 1000},
+                },
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "default": 0}},
+            ],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "calls": {"type": "array", "items": _ref("Call")},
+                            "total": {"type": "integer"},
+                            "limit": {"type": "integer"},
+                            "offset": {"type": "integer"},
+                        },
+                    },
+                    "A page of calls and the total that match.",
+                ),
+                "400": _err("A filter could not be understood."),
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/api/calls/{call_id}": {
+        "get": {
+            "summary": "One call: record, transcript, usage events, cost and recording link.",
+            "parameters": [_ID_PARAM],
+            "responses": {
+                "200": _json(_ref("CallDetail"), "The call."),
+                "404": _err("No such call."),
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/api/calls/{call_id}/hangup": {
+        "post": {
+            "summary": "End a live call politely (the caller hears the end; the record is saved).",
+            "parameters": [_ID_PARAM],
+            "responses": {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "properties": {"call_id": {"type": "string"}, "status": {"const": "ending"}},
+                    },
+                    "The call is ending.",
+                ),
+                "404": _err("No such call."),
+                "409": _err("The call is not live in this process."),
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/api/calls/{call_id}/recording": {
+        "get": {
+            "summary": "The call's stereo recording (caller left, agent right, as heard).",
+            "parameters": [_ID_PARAM],
+            "responses": {
+                "200": {"description": "WAV file.", "content": {"audio/wav": {}}},
+                "404": _err("No such call or no recording."),
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/api/tokens": {
+        "post": {
+            "summary": "Mint a short-lived signed caller token for a public page or the widget.",
+            "description": "Give the token to the page (widget data-token or data-token-url). It authorizes "
+            "one /ws/browser connection until it expires, for the given agent and page origin if set.",
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "agent": {"type": "string", "description": "Restrict to this agent."},
+                                "origin": {
+                                    "type": "string",
+                                    "description": "Restrict to pages of this origin (scheme://host[:port]).",
+                                },
+                                "ttl_s": {"type": "number", "default": 300, "maximum": 86400},
+                            },
+                        }
+                    }
+                }
+            },
+            "responses": {
+                "201": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "token": {"type": "string"},
+                            "expires_at": {"type": "integer", "description": "Unix seconds."},
+                            "agent": {"type": ["string", "null"]},
+                            "origin": {"type": ["string", "null"]},
+                            "ws_path": {
+                                "type": "string",
+                                "example": "/ws/browser?token=...&agent=restaurant",
+                            },
+                        },
+                    },
+                    "The token.",
+                ),
+                "400": _err("Invalid body."),
+                "404": _err("Unknown agent."),
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text exposition format); operator auth like the API.",
+            "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {}}}, **_AUTH_ERRORS},
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "Liveness (public).",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, "The process is up.")},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness (public): 503 while draining or before the upstream is usable.",
+            "security": [],
+            "responses": {
+                "200": _json({"type": "object"}, "Ready for calls."),
+                "503": _json({"type": "object"}, "Not ready (see detail and draining)."),
+            },
+        }
+    },
+    "/api/openapi.json": {
+        "get": {
+            "summary": "This document (public).",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")},
+        }
+    },
+    "/api/docs": {
+        "get": {
+            "summary": "This document as a page (public).",
+            "security": [],
+            "responses": {"200": {"description": "HTML.", "content": {"text/html": {}}}},
+        }
+    },
+}
+
+_DESCRIPTION: Final = """Operator API of the voice-agent telephony service.
+
+Authentication: `Authorization: Bearer <api_token>` (setting `api_token`, env `VOICE_API_TOKEN`). With no
+token configured the API answers only to loopback clients that call it by a loopback host name.
+
+Browser calls use the WebSocket `/ws/browser?agent=NAME&token=TOKEN` (protocol in
+`bridges/browser/PROTOCOL.md`); tokens come from `POST /api/tokens`. Close codes: 1000 normal, 1008 refused
+(auth, origin, unknown agent), 1013 busy or draining (try again later), 1011 internal error.
+
+Errors are JSON: `{"error": {"code": "...", "message": "..."}}`. Money is exact decimal text (USD).
+"""
+
+
+def openapi(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the operator API."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "voice operator API", "version": version, "description": _DESCRIPTION},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": PATHS,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": _ERROR,
+                "Call": _CALL,
+                "CallDetail": _CALL_DETAIL,
+                "TranscriptEvent": _TRANSCRIPT_EVENT,
+            },
+        },
+    }
+
+
+def _schema_text(schema: Any) -> str:
+    return html.escape(json.dumps(schema, indent=2))
+
+
+def render_docs(spec: dict[str, Any]) -> str:
+    """A self-contained HTML page listing every operation of ``spec`` with parameters and responses."""
+    info = spec["info"]
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>{html.escape(info['title'])}</title>",
+        "<meta name=viewport content='width=device-width, initial-scale=1'>",
+        "<style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;"
+        "color:#1d2433}h2{margin-top:2rem;font-family:ui-monospace,monospace;font-size:1.05rem}"
+        ".m{display:inline-block;min-width:3.5rem;padding:.1rem .4rem;border-radius:.3rem;color:#fff;"
+        "background:#2f6fde;font-size:.85rem;text-align:center}.m.post{background:#1f9d55}"
+        "pre{background:#f3f5f9;padding:.6rem;border-radius:.4rem;overflow:auto;font-size:.8rem}"
+        "table{border-collapse:collapse}td,th{border:1px solid #dde2ea;padding:.2rem .5rem;text-align:left}"
+        "details{margin:.3rem 0}.pub{color:#1f9d55;font-size:.85rem}</style></head><body>",
+        f"<h1>{html.escape(info['title'])} <small>{html.escape(info['version'])}</small></h1>",
+        "<pre>" + html.escape(info["description"]) + "</pre>",
+        "<p><a href='/api/openapi.json'>openapi.json</a></p>",
+    ]
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            public = op.get("security") == []
+            parts.append(
+                f"<h2><span class='m {method}'>{method.upper()}</span> {html.escape(path)}"
+                + (" <span class=pub>public</span>" if public else "")
+                + "</h2>"
+            )
+            parts.append(f"<p>{html.escape(op.get('summary', ''))}</p>")
+            if op.get("description"):
+                parts.append(f"<p>{html.escape(op['description'])}</p>")
+            params = op.get("parameters", [])
+            if params:
+                parts.append("<table><tr><th>parameter</th><th>in</th><th>schema</th><th>notes</th></tr>")
+                for p in params:
+                    parts.append(
+                        f"<tr><td>{html.escape(p['name'])}</td><td>{html.escape(p['in'])}</td>"
+                        f"<td><code>{html.escape(json.dumps(p.get('schema', {})))}</code></td>"
+                        f"<td>{html.escape(p.get('description', ''))}</td></tr>"
+                    )
+                parts.append("</table>")
+            body = op.get("requestBody")
+            if body:
+                schema = body["content"]["application/json"]["schema"]
+                parts.append(
+                    f"<details><summary>request body</summary><pre>{_schema_text(schema)}</pre></details>"
+                )
+            for status, response in op.get("responses", {}).items():
+                content = response.get("content", {})
+                schema = content.get("application/json", {}).get("schema")
+                detail = f"<pre>{_schema_text(schema)}</pre>" if schema else ""
+                parts.append(
+                    f"<details><summary><b>{html.escape(status)}</b> {html.escape(response['description'])}"
+                    f"</summary>{detail}</details>"
+                )
+    schemas = spec.get("components", {}).get("schemas", {})
+    if schemas:
+        parts.append("<h1>Schemas</h1>")
+        for name, schema in schemas.items():
+            parts.append(
+                f"<details><summary>{html.escape(name)}</summary><pre>{_schema_text(schema)}</pre></details>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts)
