@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite's real peers need (headless Chromium for the widget tests).
+# Install the Debian packages the test suite's real peers need: headless Chromium (widget, WebRTC),
+# SIPp (sip-tester: SIP calls in and out) and sox.
 # Only missing packages are installed, so a warm machine pays nothing.
 set -euo pipefail
-packages=(chromium chromium-driver)
+packages=(chromium sip-tester sox)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
