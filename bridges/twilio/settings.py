@@ -77,6 +77,9 @@ class TwilioSettings(BaseSettings):
     machine_detection_timeout_s: int = Field(30, ge=3, le=59)
     machine_policy: MachinePolicy = "continue"
     """When a machine answers: ``continue`` (the agent talks, e.g. leaves a message) or ``hangup``."""
+    transfer_to: str | None = None
+    """The staff line the agent's ``transfer_call`` dials when the model names no target (E.164 number,
+    ``sip:`` URI or ``client:NAME``); it reaches the call as the leg's ``transfer_target`` metadata."""
     start_timeout_s: float = Field(10.0, gt=0)
     """How long a Media Streams socket may stay open without a ``start`` message before it is closed."""
 

@@ -1,0 +1,682 @@
+"""``voice bench twilio``: the Twilio path under simulated Twilio callers (protocols.md §E, §C.2).
+
+A real ``voice serve`` runs as its own process on loopback (the embedded local engine, recognition off) with
+``TWILIO_AUTH_TOKEN`` and ``VOICE_PUBLIC_URL`` set, so every stream upgrade is signed and checked as in
+production. The callers are :class:`BenchCaller`: a lean Twilio Media Streams peer built for many
+concurrent calls. It speaks the protocol like Twilio (``connected``, ``start`` with ``customParameters``,
+one 20 ms µ-law ``media`` frame every 20 ms from ONE sender task for all callers, ``dtmf``, ``stop``) and
+plays the agent's audio at real-time speed on a model of Twilio's playback queue: each ``mark`` is echoed
+when the audio queued before it has played, ``clear`` drops the queue and echoes the outstanding marks at
+once. From that model it knows exactly how much agent audio it has played.
+
+Three measurements:
+
+- **Truncation error**: callers barge in with real speech (synthesized, 16 kHz resampled to 8 kHz µ-law)
+  at a random point of the greeting; the error is the ``audio_end_ms`` the service sent upstream (the
+  ``heard_ms`` of the call's ``barge_in`` transcript event) minus what the caller had really played when the
+  ``clear`` arrived. Target: at most 40 ms at p95.
+- **Barge-in latency**: from the first voiced frame the caller sent to (a) the last agent frame that
+  arrived before the ``clear`` (the local VAD paused playout) and (b) the ``clear`` (the upstream confirmed).
+- **Capacity**: N = 50, 100, 200 concurrent callers (each hears the greeting, then presses 2 for a spoken
+  answer); over a fixed window the service's pacer lateness (its ``/metrics`` histogram; p99 interpolated
+  inside the bucket), the share of ticks more than 10 ms late, the agent frames' arrival lateness at the
+  callers, and the service process's CPU and resident memory per call (``/proc``). Target: 200 calls with
+  p99 pacer lateness under 10 ms.
+
+Callers and service share the machine's cores, so the figures include the callers' own load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from bridges.twilio.errors import TwilioProtocolError
+from bridges.twilio.protocol import (
+    Clear,
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    OutboundMark,
+    OutboundMedia,
+    Start,
+    Stop,
+    encode_message,
+    parse_outbound,
+)
+from bridges.twilio.signature import SIGNATURE_HEADER, compute_signature
+
+__all__ = ["BenchCaller", "run"]
+
+TOKEN: Final = "bench-auth-token"
+PUBLIC: Final = "https://voice.example.com"
+SIGNED_STREAM: Final = "wss://voice.example.com/twilio/stream"
+FRAME_BYTES: Final = 160
+FRAME_S: Final = 0.020
+SILENCE: Final = b"\xff" * FRAME_BYTES
+BARGE_INS: Final = 16
+BARGE_IN_BATCH: Final = 4
+CAPACITY_SIZES: Final = (50, 100, 200)
+WINDOW_S: Final = 8.0
+RAMP_BATCH: Final = 25
+QUESTION: Final = "What are your opening hours?"
+START_TIMEOUT_S: Final = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _sid(prefix: str) -> str:
+    return prefix + os.urandom(16).hex()
+
+
+@dataclass
+class BenchCaller:
+    """Twilio's side of one Media Stream, lean enough for hundreds at once (see the module docstring)."""
+
+    url: str
+    call_id: str
+    stream_sid: str = field(default_factory=lambda: _sid("MZ"))
+    call_sid: str = field(default_factory=lambda: _sid("CA"))
+    ws: ClientConnection | None = None
+    closed: bool = False
+    speech: bytearray = field(default_factory=bytearray)
+    speech_onset: float | None = None
+    """Loop time the first voiced frame of the queued speech was sent."""
+    voiced_from: int = 0
+    """Frames of :attr:`speech` before its first voiced frame (set with :meth:`say`)."""
+    queued_until: float = 0.0
+    """Loop time when everything received so far has played (Twilio's playback queue)."""
+    received_ms: float = 0.0
+    """Agent audio received and not dropped by a ``clear`` (ms): played + still queued."""
+    arrivals: list[float] = field(default_factory=list)
+    clears: list[tuple[float, float, float]] = field(default_factory=list)
+    """``(loop time, played ms at the clear, time of the last agent frame before it)``."""
+    errors: list[str] = field(default_factory=list)
+    cleared: asyncio.Event = field(default_factory=asyncio.Event)
+    _pending: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    _seq: int = 0
+    _chunk: int = 0
+    _t0: float = 0.0
+    _reader: asyncio.Task[None] | None = None
+    _frames_sent: int = 0
+    _speech_frames_sent: int = 0
+
+    async def open(self) -> None:
+        """Signed upgrade, ``connected``, ``start`` (the call id as a custom parameter), then the reader."""
+        headers = {SIGNATURE_HEADER: compute_signature(SIGNED_STREAM, {}, TOKEN)}
+        self.ws = await connect(
+            self.url,
+            additional_headers=headers,
+            proxy=None,
+            compression=None,
+            open_timeout=30,
+            max_queue=None,
+        )
+        loop = asyncio.get_running_loop()
+        self._t0 = loop.time()
+        self.queued_until = self._t0
+        await self.ws.send(encode_message(Connected()))
+        start = Start(
+            stream_sid=self.stream_sid,
+            call_sid=self.call_sid,
+            account_sid="AC" + "00" * 16,
+            custom_parameters={"agent": "restaurant", "call_id": self.call_id, "direction": "inbound"},
+            sequence_number=self._next_seq(),
+        )
+        await self.ws.send(encode_message(start))
+        self._reader = asyncio.create_task(self._read(), name=f"bench-caller-{self.call_id}")
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def say(self, ulaw: bytes, voiced_from: int) -> None:
+        self.speech = bytearray(ulaw)
+        self.voiced_from = voiced_from
+        self._speech_frames_sent = 0
+        self.speech_onset = None
+
+    def next_frame(self, now: float) -> str:
+        """The next 20 ms ``media`` message (speech when some is queued, else line silence)."""
+        if self.speech:
+            frame = bytes(self.speech[:FRAME_BYTES]).ljust(FRAME_BYTES, b"\xff")
+            del self.speech[:FRAME_BYTES]
+            if self._speech_frames_sent == self.voiced_from and self.speech_onset is None:
+                self.speech_onset = now
+            self._speech_frames_sent += 1
+        else:
+            frame = SILENCE
+        self._chunk += 1
+        stamp = round((now - self._t0) * 1000)
+        return encode_message(Media(self.stream_sid, self._chunk, stamp, frame, "inbound", self._next_seq()))
+
+    async def send(self, text: str) -> None:
+        if self.closed or self.ws is None:
+            return
+        try:
+            await self.ws.send(text)
+        except (ConnectionClosed, RuntimeError):
+            self.closed = True
+
+    async def press(self, digit: str) -> None:
+        await self.send(encode_message(Dtmf(self.stream_sid, digit, "inbound_track", self._next_seq())))
+
+    def played_ms(self, now: float) -> float:
+        return self.received_ms - max(0.0, self.queued_until - now) * 1000
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        loop = asyncio.get_running_loop()
+        try:
+            async for raw in self.ws:
+                now = loop.time()
+                if isinstance(raw, bytes):
+                    self.errors.append("binary frame")
+                    continue
+                try:
+                    message = parse_outbound(raw)
+                except TwilioProtocolError as exc:
+                    self.errors.append(exc.reason)
+                    continue
+                if isinstance(message, OutboundMedia):
+                    self.arrivals.append(now)
+                    duration = len(message.payload) / 8000
+                    self.queued_until = max(self.queued_until, now) + duration
+                    self.received_ms += duration * 1000
+                elif isinstance(message, OutboundMark):
+                    self._pending[message.name] = loop.call_at(self.queued_until, self._echo, message.name)
+                elif isinstance(message, Clear):
+                    played = self.played_ms(now)
+                    last = self.arrivals[-1] if self.arrivals else now
+                    self.clears.append((now, played, last))
+                    self.cleared.set()
+                    self.received_ms = played
+                    self.queued_until = now
+                    for name, handle in list(self._pending.items()):
+                        handle.cancel()
+                        self._echo(name)
+                else:
+                    self.errors.append(f"unexpected {type(message).__name__}")
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed = True
+
+    def _echo(self, name: str) -> None:
+        self._pending.pop(name, None)
+        text = encode_message(Mark(self.stream_sid, name, self._next_seq()))
+        asyncio.get_running_loop().create_task(self.send(text))
+
+    async def stop(self) -> None:
+        """``stop`` then close (the caller hangs up)."""
+        for handle in self._pending.values():
+            handle.cancel()
+        self._pending.clear()
+        await self.send(
+            encode_message(Stop(self.stream_sid, "AC" + "00" * 16, self.call_sid, self._next_seq()))
+        )
+        self.closed = True
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.ws.close(), 2)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+
+
+class Sender:
+    """ONE task sending every open caller's next 20 ms frame on absolute deadlines."""
+
+    def __init__(self) -> None:
+        self.callers: list[BenchCaller] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="bench-sender")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            now = loop.time()
+            for caller in list(self.callers):
+                if not caller.closed and caller.ws is not None:
+                    await caller.send(caller.next_frame(now))
+            deadline += FRAME_S
+            delay = deadline - loop.time()
+            if delay < -0.2:
+                deadline = loop.time()  # fell far behind: resume on a fresh grid rather than burst
+            await asyncio.sleep(max(0.0, delay))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@dataclass
+class Service:
+    """``voice serve`` in a child process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    home: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stream(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/twilio/stream"
+
+    def get(self, path: str, timeout_s: float = 10.0) -> httpx.Response:
+        return httpx.get(self.base + path, timeout=timeout_s, trust_env=False)
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the service process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def _start_service(home: Path) -> Service:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_", "TWILIO_"))}
+    env.pop("OPENAI_API_KEY", None)
+    env.update(
+        {
+            "TWILIO_AUTH_TOKEN": TOKEN,
+            "VOICE_PUBLIC_URL": PUBLIC,
+            "VOICE_DB_PATH": str(home / "voice.db"),
+            "VOICE_RECORDINGS_DIR": str(home / "recordings"),
+            "VOICE_MAX_CALLS": "1000",
+            "VOICE_LOG_FORMAT": "json",
+        }
+    )
+    log = (home / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voice", "serve", "--host", "127.0.0.1", "--port", str(port), "--no-asr"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    service = Service(proc, port, home)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"voice serve exited with {proc.returncode}; see {home / 'serve.log'}")
+        with contextlib.suppress(httpx.HTTPError):
+            if service.get("/readyz").status_code == 200:
+                return service
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"voice serve not ready after {START_TIMEOUT_S} s")
+
+
+def _stop_service(service: Service) -> None:
+    service.proc.terminate()
+    try:
+        service.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        service.proc.kill()
+        service.proc.wait()
+
+
+_BUCKET = re.compile(r'^voice_frame_lateness_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$')
+_LATE = re.compile(r"^voice_frames_late_total ([0-9.e+]+)$")
+
+
+@dataclass(frozen=True)
+class PacerStats:
+    buckets: tuple[tuple[float, float], ...]
+    late: float
+
+    @classmethod
+    def read(cls, service: Service) -> PacerStats | None:
+        """The pacer's counters from ``/metrics``; ``None`` when a saturated service does not answer."""
+        buckets: list[tuple[float, float]] = []
+        late = 0.0
+        try:
+            text = service.get("/metrics", timeout_s=20.0).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if m := _BUCKET.match(line):
+                buckets.append((float(m.group(1)), float(m.group(2))))
+            elif m := _LATE.match(line):
+                late = float(m.group(1))
+        return cls(tuple(buckets), late)
+
+    def since(self, before: PacerStats) -> tuple[float, float, int]:
+        """(p99 lateness in ms interpolated in its bucket, share of ticks > 10 ms late, ticks)."""
+        counts = [(le, n - b) for (le, n), (_, b) in zip(self.buckets, before.buckets, strict=True)]
+        total = counts[-1][1] if counts else 0.0
+        if total <= 0:
+            return float("nan"), float("nan"), 0
+        target = 0.99 * total
+        lower_le, lower_n = 0.0, 0.0
+        p99 = float("inf")
+        for le, n in counts:
+            if n >= target:
+                if le == float("inf"):
+                    p99 = lower_le * 1000
+                else:
+                    share = (target - lower_n) / max(n - lower_n, 1e-9)
+                    p99 = (lower_le + share * (le - lower_le)) * 1000
+                break
+            lower_le, lower_n = le, n
+        return p99, (self.late - before.late) / total, int(total)
+
+
+def _caller_lateness_ms(callers: list[BenchCaller], since: float, until: float) -> list[float]:
+    """Agent frames' arrival lateness at the callers: within each run of frames (gaps < 100 ms), each
+    frame's arrival against the run's 20 ms grid anchored at its earliest-running frame."""
+    out: list[float] = []
+    for caller in callers:
+        times = [t for t in caller.arrivals if since <= t <= until]
+        run: list[float] = []
+        for t in [*times, float("inf")]:
+            if run and t - run[-1] > 0.1:
+                offsets = [a - k * FRAME_S for k, a in enumerate(run)]
+                base = min(offsets)
+                out.extend((o - base) * 1000 for o in offsets)
+                run = []
+            run.append(t)
+    return out
+
+
+async def _open_all(service: Service, callers: list[BenchCaller], sender: Sender) -> list[str]:
+    errors: list[str] = []
+    for start in range(0, len(callers), RAMP_BATCH):
+        batch = callers[start : start + RAMP_BATCH]
+        results = await asyncio.gather(*(c.open() for c in batch), return_exceptions=True)
+        for caller, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                errors.append(f"{type(result).__name__}: {result}")
+                caller.closed = True
+            else:
+                sender.callers.append(caller)
+    return errors
+
+
+def _question() -> tuple[bytes, int]:
+    """The barge-in utterance as the line carries it, and the index of its first voiced frame."""
+    from voice.audio.g711 import ulaw_encode
+    from voice.audio.resample import resample_pcm16
+    from voice.engine.tts import Synthesizer
+
+    pcm16k = Synthesizer().synthesize(QUESTION, 16000)
+    pcm = resample_pcm16(pcm16k, 16000, 8000)
+    voiced = 0
+    for k in range(0, len(pcm) // 320):
+        frame = pcm[k * 320 : (k + 1) * 320]
+        samples = [int.from_bytes(frame[i : i + 2], "little", signed=True) for i in range(0, 320, 2)]
+        if max(abs(s) for s in samples) > 1000:
+            voiced = k
+            break
+    return ulaw_encode(pcm), voiced
+
+
+async def _barge_ins(service: Service) -> tuple[list[float], list[float], list[float], int]:
+    """Truncation errors (ms), latencies to the agent's pause and to the clear (ms), and misses."""
+    speech, voiced_from = _question()
+    errors: list[float] = []
+    pause_ms: list[float] = []
+    clear_ms: list[float] = []
+    missed = 0
+    sender = Sender()
+    sender.start()
+    loop = asyncio.get_running_loop()
+    rng = random.Random(7)
+    try:
+        for batch_start in range(0, BARGE_INS, BARGE_IN_BATCH):
+            callers = [
+                BenchCaller(service.stream, f"call_bench{batch_start + i:04d}{os.urandom(4).hex()}")
+                for i in range(BARGE_IN_BATCH)
+            ]
+            await _open_all(service, callers, sender)
+            targets = [rng.uniform(800, 3000) for _ in callers]
+
+            async def barge(caller: BenchCaller, at_ms: float) -> None:
+                async with asyncio.timeout(20):
+                    while caller.played_ms(loop.time()) < at_ms:  # noqa: ASYNC110 - a clock, not an event
+                        await asyncio.sleep(0.005)
+                    caller.say(speech, voiced_from)
+                    await caller.cleared.wait()
+                    await asyncio.sleep(0.5)
+
+            results = await asyncio.gather(
+                *(barge(c, t) for c, t in zip(callers, targets, strict=True)), return_exceptions=True
+            )
+            for caller in callers:
+                await caller.stop()
+                sender.callers.remove(caller)
+            for caller, result in zip(callers, results, strict=True):
+                if isinstance(result, BaseException) or not caller.clears or caller.speech_onset is None:
+                    missed += 1
+                    continue
+                clear_t, played, last_frame = caller.clears[0]
+                heard = await asyncio.to_thread(_truncated_at, service, caller.call_id)
+                if heard is None:
+                    missed += 1
+                    continue
+                errors.append(heard - played)
+                pause_ms.append((last_frame - caller.speech_onset) * 1000)
+                clear_ms.append((clear_t - caller.speech_onset) * 1000)
+    finally:
+        await sender.stop()
+    return errors, pause_ms, clear_ms, missed
+
+
+def _truncated_at(service: Service, call_id: str) -> float | None:
+    """The ``heard_ms`` of the call's first barge-in (what the truncate carried), once the call is saved."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        response = service.get(f"/api/calls/{call_id}")
+        if response.status_code == 200:
+            call = response.json()
+            for event in call["transcript"]:
+                if event["kind"] == "barge_in" and isinstance(event["data"].get("heard_ms"), int):
+                    return float(event["data"]["heard_ms"])
+            if call["status"] == "ended":
+                return None
+        time.sleep(0.1)
+    return None
+
+
+@dataclass
+class CapacityRow:
+    calls: int
+    connected: int
+    ramp_s: float
+    pacer_p99_ms: float
+    late_share: float
+    ticks: int
+    caller_p99_ms: float
+    frames_per_s: float
+    """Agent frames a caller received per second of the window, on average (50 while the agent talks)."""
+    cpu_per_call_pct: float
+    rss_per_call_mb: float
+    errors: int
+
+
+async def _capacity(service: Service, calls: int) -> CapacityRow:
+    loop = asyncio.get_running_loop()
+    rss0 = service.rss_mb()
+    sender = Sender()
+    sender.start()
+    callers = [BenchCaller(service.stream, f"call_cap{calls}n{i:04d}") for i in range(calls)]
+    ramp_start = time.monotonic()
+    open_errors = await _open_all(service, callers, sender)
+    ramp_s = time.monotonic() - ramp_start
+    live = [c for c in callers if not c.closed]
+    rng = random.Random(calls)
+    try:
+        before = await asyncio.to_thread(PacerStats.read, service)
+        cpu0 = service.cpu_s()
+        t0 = loop.time()
+        presses = [loop.call_later(rng.uniform(1.0, 3.0), _press, c) for c in live]
+        await asyncio.sleep(WINDOW_S)
+        t1 = loop.time()
+        cpu1 = service.cpu_s()
+        rss1 = service.rss_mb()
+        after = await asyncio.to_thread(PacerStats.read, service)
+        for handle in presses:
+            handle.cancel()
+    finally:
+        await sender.stop()
+        await asyncio.gather(*(c.stop() for c in callers), return_exceptions=True)
+    if before is not None and after is not None:
+        p99, late_share, ticks = after.since(before)
+    else:
+        p99, late_share, ticks = float("nan"), float("nan"), 0
+    lateness = _caller_lateness_ms(live, t0, t1)
+    connected = sum(1 for c in live if c.arrivals)
+    errors = len(open_errors) + sum(len(c.errors) for c in callers)
+    await _wait_idle(service)
+    return CapacityRow(
+        calls=calls,
+        connected=connected,
+        ramp_s=ramp_s,
+        pacer_p99_ms=p99,
+        late_share=late_share,
+        ticks=ticks,
+        caller_p99_ms=_percentile(lateness, 0.99) if len(lateness) >= 100 else float("nan"),
+        frames_per_s=sum(len([t for t in c.arrivals if t0 <= t <= t1]) for c in live)
+        / max(1, len(live))
+        / (t1 - t0),
+        cpu_per_call_pct=(cpu1 - cpu0) / (t1 - t0) / max(1, len(live)) * 100,
+        rss_per_call_mb=(rss1 - rss0) / max(1, len(live)),
+        errors=errors,
+    )
+
+
+def _press(caller: BenchCaller) -> None:
+    asyncio.get_running_loop().create_task(caller.press("2"))
+
+
+async def _wait_idle(service: Service, within_s: float = 20.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        health = await asyncio.to_thread(service.get, "/healthz")
+        if health.json().get("live_calls") == 0:
+            return
+        await asyncio.sleep(0.2)
+
+
+def _print_distribution(name: str, values: list[float], unit: str = "ms") -> None:
+    if not values:
+        print(f"{name:<52}{'no samples':>12}")
+        return
+    print(
+        f"{name:<52}{statistics.median(values):>8.0f}{unit}{_percentile(values, 0.95):>8.0f}{unit}"
+        f"{min(values):>8.0f}{unit}{max(values):>8.0f}{unit}"
+    )
+
+
+async def _bench() -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="voice-bench-twilio-") as tmp:
+        started = time.monotonic()
+        service = await asyncio.to_thread(_start_service, Path(tmp))
+        try:
+            ready_s = time.monotonic() - started
+            print(f"service: voice serve --no-asr (pid {service.proc.pid}), ready in {ready_s:.1f} s")
+            errors, pause_ms, clear_ms, missed = await _barge_ins(service)
+            print(
+                f"\nbarge-ins: {len(errors)} measured, {missed} missed (speech at 0.8-3 s into the greeting)"
+            )
+            print(f"{'measure':<52}{'median':>10}{'p95':>10}{'min':>10}{'max':>10}")
+            _print_distribution("truncate audio_end_ms - caller played (signed)", errors)
+            _print_distribution("|truncation error|", [abs(e) for e in errors])
+            _print_distribution("speech onset -> agent audio stops (local VAD)", pause_ms)
+            _print_distribution("speech onset -> clear (upstream confirmed)", clear_ms)
+            p95 = _percentile([abs(e) for e in errors], 0.95)
+            print(f"target: |truncation error| p95 <= 40 ms: {'meets' if p95 <= 40 else 'MISSES'}")
+
+            print(f"\ncapacity: {WINDOW_S:g} s window per size, each caller hears the greeting and presses 2")
+            ticks = round(WINDOW_S / FRAME_S)
+            header = (
+                f"{'calls':>6}{'live':>6}{'ramp':>8}{'ticks':>7}{'pacer p99':>11}{'>10ms':>8}"
+                f"{'caller p99':>12}{'frames/s':>10}{'CPU/call':>10}{'RSS/call':>10}{'errors':>8}"
+            )
+            print(header)
+            rows: list[CapacityRow] = []
+            for size in CAPACITY_SIZES:
+                try:
+                    async with asyncio.timeout(WINDOW_S + 45):
+                        row = await _capacity(service, size)
+                except TimeoutError:
+                    print(f"{size:>6}  did not finish within {WINDOW_S + 45:g} s (service saturated)")
+                    break
+                rows.append(row)
+                print(
+                    f"{row.calls:>6}{row.connected:>6}{row.ramp_s:>7.1f}s{row.ticks:>7}"
+                    f"{row.pacer_p99_ms:>9.2f}ms{row.late_share * 100:>7.2f}%{row.caller_p99_ms:>10.1f}ms"
+                    f"{row.frames_per_s:>10.1f}{row.cpu_per_call_pct:>9.2f}%{row.rss_per_call_mb:>8.2f}MB"
+                    f"{row.errors:>8}"
+                )
+            best = rows[-1] if rows else None
+            ok = (
+                best is not None
+                and best.connected >= 200
+                and best.pacer_p99_ms < 10
+                and best.ticks >= 0.95 * ticks
+            )
+            verdict = "meets" if ok else "MISSES"
+            print(
+                f"ticks: pacer ticks in the window ({ticks} expected; fewer = ticks dropped under overload); "
+                "pacer p99 / >10ms: service tick lateness (/metrics histogram, p99 interpolated in its "
+                "bucket); caller p99: agent frame arrival lateness at the callers; frames/s: agent frames "
+                "per caller per second; CPU: % of one core; RSS: resident memory growth"
+            )
+            print(f"target: >= 200 concurrent calls with pacer p99 < 10 ms: {verdict}")
+        finally:
+            await asyncio.to_thread(_stop_service, service)
+
+
+def run() -> None:
+    """Print the Twilio path's figures (see the module docstring)."""
+    asyncio.run(_bench())
+
+
+if __name__ == "__main__":
+    run()
