@@ -13,6 +13,18 @@ adapter (UDP/TCP transports, RTP socket, timers) drives these cores.
 - :mod:`bridges.sip.jitter`: the receive jitter buffer with loss concealment.
 - :mod:`bridges.sip.telephone_event`: RFC 4733 DTMF events, receive and send.
 
+The asyncio adapters (they own sockets, tasks and time, and only pump data through the cores):
+
+- :mod:`bridges.sip.transport`: UDP and TCP transports (RFC 3261 §18).
+- :mod:`bridges.sip.ua`: the user agent: transactions by branch, dialogs, timers, inbound calls (100/180/200,
+  CANCEL, re-INVITE hold/resume, INFO DTMF, OPTIONS, 403/401/481/488/501), outbound INVITE through a trunk
+  with Digest, REFER, REGISTER with refresh.
+- :mod:`bridges.sip.rtp_session`: one call's RTP/RTCP endpoint: jitter buffer, symmetric RTP, RFC 4733 and
+  in-band DTMF, 20 ms paced sending with marker bits, RTCP SR/RR.
+- :mod:`bridges.sip.leg`: the :class:`~bridges.base.Leg` of a SIP call; :mod:`bridges.sip.service`: the
+  wiring into ``voice serve`` (``--sip-port``, ``[sip]`` settings in :mod:`bridges.sip.settings`,
+  ``POST /api/sip/calls``); ``voice bench sip``.
+
 Errors: every parser raises a :class:`~voice.errors.RemoteProtocolError` subclass on peer input
 (:class:`SipParseError`, :class:`SdpParseError`, :class:`NoCommonCodec`, :class:`RtpParseError`,
 :class:`DigestError`, :class:`DialogRequestError`) and nothing else; misuse raises

@@ -1,0 +1,120 @@
+"""The RTP endpoint on real loopback sockets: reordering and loss on the way in, symmetric RTP, RFC 4733
+both ways, marker bits and RTCP."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from bridges.base import CallerAudio, CallerDtmf, LegEvent
+from bridges.sip.rtp import RtcpSenderReport, RtpPacket, RtpSender, parse_rtcp
+from bridges.sip.rtp_session import RtpPortPool
+from bridges.sip.sdp import Codec, NegotiatedMedia
+from bridges.sip.telephone_event import TelephoneEvent
+from tests.bridges.sip.sipp import free_even_port
+
+
+class Peer(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.packets: list[RtpPacket] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.packets.append(RtpPacket.parse(data))
+
+
+class Collect(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.data.append(data)
+
+
+def media(port: int, te: bool = True) -> NegotiatedMedia:
+    return NegotiatedMedia(
+        codec=Codec(0, "PCMU", 8000),
+        telephone_event=Codec(101, "telephone-event", 8000) if te else None,
+        remote_address="127.0.0.1",
+        remote_port=port,
+        remote_rtcp_port=port + 1,
+        ptime=20,
+        direction="sendrecv",
+        media_index=0,
+    )
+
+
+async def test_reordered_and_lost_packets_play_in_order_and_symmetric_rtp() -> None:
+    loop = asyncio.get_running_loop()
+    base = free_even_port()
+    pool = RtpPortPool("127.0.0.1", base, base + 10)
+    session = await pool.open("call_test")
+    # The SDP names a port nobody listens on: we must answer where the packets really come from.
+    transport, peer = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+    session.configure(media(9))
+    events: list[LegEvent] = []
+    session.start(events.append)
+    sender = RtpSender(4242, 0)
+    packets = [sender.send(bytes([n]) * 160) for n in range(60)]
+    rng = random.Random(3)
+    lost = {17, 33}
+    order = list(range(60))
+    for i in range(0, 60, 3):  # shuffle within windows of 3 packets (up to 40 ms late: within the buffer)
+        window = order[i : i + 3]
+        rng.shuffle(window)
+        order[i : i + 3] = window
+    start = loop.time()
+    for k, n in enumerate(order):
+        if n not in lost:
+            transport.sendto(packets[n].serialize(), ("127.0.0.1", session.port))
+        await asyncio.sleep(max(0.0, start + (k + 1) * 0.02 - loop.time()))
+    for _n in range(20):
+        session.send_audio(bytes([0x55]) * 160)
+    await asyncio.sleep(0.4)
+    session.close()
+    transport.close()
+    audio = [e for e in events if isinstance(e, CallerAudio)]
+    firsts = [e.audio[0] for e in audio]
+    played = [b for b in firsts if b not in (17, 33)]
+    assert played == sorted(played)  # in order despite the reordering
+    assert set(range(60)) - lost <= set(firsts) | lost  # every packet that arrived was played
+    assert [e.media_ms for e in audio] == [20 * i for i in range(len(audio))]
+    assert session.jitter.stats.concealed >= 2  # the lost ones were concealed
+    assert len(peer.packets) == 20  # symmetric RTP: sent back to the source, not to the SDP port
+    assert peer.packets[0].marker and not any(p.marker for p in peer.packets[1:])
+
+
+async def test_rfc4733_in_and_out_and_rtcp() -> None:
+    loop = asyncio.get_running_loop()
+    base = free_even_port()
+    pool = RtpPortPool("127.0.0.1", base, base + 10)
+    session = await pool.open("call_test")
+    transport, peer = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+    rtcp_t, rtcp_peer = await loop.create_datagram_endpoint(Collect, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    session.configure(media(port))
+    events: list[LegEvent] = []
+    session.start(events.append)
+    sender = RtpSender(777, 0)
+    for duration, end in ((160, False), (320, False), (480, True), (480, True), (480, True)):
+        packet = sender.packet(TelephoneEvent(7, end, 10, duration).serialize(), payload_type=101)
+        transport.sendto(packet.serialize(), ("127.0.0.1", session.port))
+        await asyncio.sleep(0.02)
+    assert session.send_dtmf("9")
+    await asyncio.sleep(0.5)
+    session.remote_rtcp = rtcp_t.get_extra_info("sockname")[:2]
+    session._send_rtcp()  # the 5 s report, now
+    await asyncio.sleep(0.05)
+    session.close()
+    transport.close()
+    rtcp_t.close()
+    assert [e.digit for e in events if isinstance(e, CallerDtmf)] == [
+        "7"
+    ]  # one key, end packets deduplicated
+    sent = [TelephoneEvent.parse(p.payload) for p in peer.packets if p.payload_type == 101]
+    assert sent and sent[0].event == 9 and [e.end for e in sent][-3:] == [True, True, True]
+    report = parse_rtcp(rtcp_peer.data[0])
+    assert isinstance(report[0], RtcpSenderReport) and report[0].reports[0].ssrc == 777
