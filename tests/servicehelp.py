@@ -76,6 +76,7 @@ def service_env(home: Path, **extra: str) -> dict[str, str]:
     env["VOICE_DB_PATH"] = str(home / "voice.db")
     env["VOICE_RECORDINGS_DIR"] = str(home / "recordings")
     env["VOICE_LOG_FORMAT"] = "json"
+    env["VOICE_WEBRTC__HOST_ADDRESSES"] = '["127.0.0.1"]'  # WebRTC media stays on loopback (test-peers.md)
     env.update(extra)
     return env
 

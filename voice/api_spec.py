@@ -187,7 +187,70 @@ PATHS: Final[dict[str, Any]] = {
                 "400": _err("A filter could not be understood."),
                 **_AUTH_ERRORS,
             },
-        }
+        },
+        "post": {
+            "summary": "Place an outbound phone call through Twilio that connects the callee to an agent.",
+            "description": "Needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and VOICE_PUBLIC_URL. The call "
+            "record is created at once with status ringing; Twilio's status callbacks (POST /twilio/status) "
+            "record the outcome (completed, busy, no_answer, failed, canceled) and answering-machine "
+            "results. When the callee answers, the call's Media Stream connects and the record goes live "
+            "under the same id. Also `voice call TO [--from NUMBER] [--agent NAME]`.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["to"],
+                            "properties": {
+                                "to": {
+                                    "type": "string",
+                                    "description": "E.164 number, sip: URI or client:NAME.",
+                                    "example": "+15551230000",
+                                },
+                                "from": {
+                                    "type": "string",
+                                    "description": "Caller id (a Twilio number); default "
+                                    "VOICE_TWILIO_FROM_NUMBER.",
+                                },
+                                "agent": {"type": "string", "description": "Agent profile; default agent."},
+                                "machine_detection": {
+                                    "type": "string",
+                                    "enum": ["off", "Enable", "DetectMessageEnd"],
+                                    "description": "Answering-machine detection; default "
+                                    "VOICE_TWILIO_MACHINE_DETECTION.",
+                                },
+                                "ring_timeout_s": {"type": "integer", "minimum": 5, "maximum": 600},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "call_id": {"type": "string"},
+                            "call_sid": {"type": "string", "description": "Twilio's CallSid."},
+                            "status": {"type": "string", "example": "queued"},
+                            "to": {"type": "string"},
+                            "from": {"type": "string"},
+                            "agent": {"type": "string"},
+                        },
+                    },
+                    "Twilio accepted the call; the callee's phone rings.",
+                ),
+                "400": _err(
+                    "Invalid body or number (code invalid_request), or Twilio refused the request "
+                    "(code twilio_error with twilio_status, twilio_code, twilio_message, more_info)."
+                ),
+                "404": _err("Unknown agent, or Twilio answered 404 (code twilio_error)."),
+                "502": _err("Twilio could not be reached or refused our credentials (code twilio_error)."),
+                "503": _err("Twilio is not configured (twilio_not_configured) or the service is draining."),
+                **_AUTH_ERRORS,
+            },
+        },
     },
     "/api/calls/{call_id}": {
         "get": {
@@ -225,6 +288,50 @@ PATHS: Final[dict[str, Any]] = {
             "responses": {
                 "200": {"description": "WAV file.", "content": {"audio/wav": {}}},
                 "404": _err("No such call or no recording."),
+                **_AUTH_ERRORS,
+            },
+        }
+    },
+    "/api/sip/calls": {
+        "post": {
+            "summary": "Place an outbound SIP call through the service's own user agent (bridges/sip).",
+            "description": "The service sends an INVITE with an SDP offer (PCMU, PCMA, telephone-event) to "
+            "the sip: URI, through the configured trunk when there is one (Digest authentication on "
+            "401/407), and answers once the callee answered: the call then runs like an inbound one. Also "
+            "`voice call sip:USER@HOST[:PORT] [--agent NAME]`.",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["to"],
+                            "properties": {
+                                "to": {"type": "string", "example": "sip:alice@192.0.2.10:5060"},
+                                "from": {"type": "string", "description": "User part of our From."},
+                                "agent": {"type": "string", "description": "Agent profile; default agent."},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "call_id": {"type": "string"},
+                            "status": {"type": "string", "enum": ["answered"]},
+                            "to": {"type": "string"},
+                            "agent": {"type": "string"},
+                        },
+                    },
+                    "The callee answered; the call is live under call_id.",
+                ),
+                "400": _err("The body or the sip: URI could not be used."),
+                "404": _err("Unknown agent."),
+                "502": _err("The call failed (error.sip_status: the SIP final response, 408 on timeout)."),
+                "503": _err("SIP is off, or no call slot (busy, draining)."),
                 **_AUTH_ERRORS,
             },
         }
@@ -274,6 +381,108 @@ PATHS: Final[dict[str, Any]] = {
             },
         }
     },
+    "/twilio/voice": {
+        "post": {
+            "summary": "Twilio's incoming-call webhook (set it as the number's voice URL; HTTP POST).",
+            "description": "Signed by Twilio (X-Twilio-Signature, checked against VOICE_PUBLIC_URL). "
+            "Answers TwiML that connects the call to the agent over a bidirectional Media Stream "
+            "(WS /twilio/stream). "
+            "The agent: ?agent=NAME on the webhook URL, else the called number's agent "
+            "(VOICE_TWILIO_NUMBERS), else the default. Busy: <Reject reason=busy>.",
+            "security": [],
+            "parameters": [{"name": "agent", "in": "query", "schema": {"type": "string"}}],
+            "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}},
+            "responses": {
+                "200": {"description": "TwiML.", "content": {"application/xml": {}}},
+                "400": {"description": "No CallSid.", "content": {"text/plain": {}}},
+                "403": {"description": "Missing or wrong signature.", "content": {"text/plain": {}}},
+            },
+        }
+    },
+    "/twilio/status": {
+        "post": {
+            "summary": "Twilio's call status and answering-machine callbacks (signed), recorded on the call.",
+            "security": [],
+            "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}},
+            "responses": {
+                "200": {"description": "Recorded (empty TwiML).", "content": {"application/xml": {}}},
+                "400": {"description": "No CallSid.", "content": {"text/plain": {}}},
+                "403": {"description": "Missing or wrong signature.", "content": {"text/plain": {}}},
+            },
+        }
+    },
+    "/webrtc/config": {
+        "get": {
+            "summary": "ICE servers for a WebRTC caller page (caller auth like /ws/browser).",
+            "description": "Public to callers: a caller token (?token=) or a loopback page in development; "
+            "the Origin must be allowed. Answers {ice_servers, ice_transport_policy} for "
+            "new RTCPeerConnection(). Used by the widget before POST /webrtc/offer.",
+            "security": [],
+            "parameters": [
+                {"name": "agent", "in": "query", "schema": {"type": "string"}},
+                {"name": "token", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _json({"type": "object"}, "ICE servers (with TURN credentials when configured)."),
+                "401": _err("A caller token is required."),
+                "403": _err("Origin not allowed, or the token is for another agent or origin."),
+                "404": _err("WebRTC is switched off (webrtc_disabled)."),
+            },
+        },
+        "options": {
+            "summary": "CORS preflight (allowed origins only).",
+            "security": [],
+            "responses": {"204": {"description": "Allowed."}, "403": _err("Origin not allowed.")},
+        },
+    },
+    "/webrtc/offer": {
+        "post": {
+            "summary": "Call over WebRTC: a complete SDP offer in, the answer out (auth as /ws/browser).",
+            "description": "Body {sdp, type: offer} with every ICE candidate (no trickle), one sendrecv "
+            "Opus audio section and, for the JSON control messages of bridges/browser/PROTOCOL.md, a data "
+            "channel labelled control. The call starts when the peer connection connects; one that does not "
+            "connect within webrtc.connect_timeout_s is recorded as ended (connect_timeout).",
+            "security": [],
+            "parameters": [
+                {"name": "agent", "in": "query", "schema": {"type": "string"}},
+                {"name": "token", "in": "query", "schema": {"type": "string"}},
+            ],
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["sdp", "type"],
+                            "properties": {"sdp": {"type": "string"}, "type": {"const": "offer"}},
+                        }
+                    }
+                }
+            },
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "sdp": {"type": "string"},
+                            "type": {"const": "answer"},
+                            "call_id": {"type": "string"},
+                        },
+                    },
+                    "The answer, with the service's ICE candidates.",
+                ),
+                "400": _err("A bad or unsupported offer, with the reason (bad_offer, unsupported, ...)."),
+                "401": _err("A caller token is required."),
+                "403": _err("Origin not allowed, or the token is for another agent or origin."),
+                "404": _err("Unknown agent, or WebRTC is switched off (webrtc_disabled)."),
+                "503": _err("No call slot (busy, draining); Retry-After."),
+            },
+        },
+        "options": {
+            "summary": "CORS preflight (allowed origins only).",
+            "security": [],
+            "responses": {"204": {"description": "Allowed."}, "403": _err("Origin not allowed.")},
+        },
+    },
     "/metrics": {
         "get": {
             "summary": "Prometheus metrics (text exposition format); operator auth like the API.",
@@ -321,6 +530,13 @@ token configured the API answers only to loopback clients that call it by a loop
 Browser calls use the WebSocket `/ws/browser?agent=NAME&token=TOKEN` (protocol in
 `bridges/browser/PROTOCOL.md`); tokens come from `POST /api/tokens`. Close codes: 1000 normal, 1008 refused
 (auth, origin, unknown agent), 1013 busy or draining (try again later), 1011 internal error.
+
+WebRTC calls (the widget's default): `GET /webrtc/config` for the ICE servers, then `POST /webrtc/offer` with
+a complete SDP offer; the same caller tokens and origin checks as `/ws/browser`.
+
+Twilio: point a number's voice webhook at `POST /twilio/voice` (HTTP POST); calls then stream over
+`WS /twilio/stream`. Both and `POST /twilio/status` are signed by Twilio (`X-Twilio-Signature`, checked
+against `VOICE_PUBLIC_URL`); they do not use the bearer token.
 
 Errors are JSON: `{"error": {"code": "...", "message": "..."}}`. Money is exact decimal text (USD).
 """
@@ -391,10 +607,11 @@ def render_docs(spec: dict[str, Any]) -> str:
                 parts.append("</table>")
             body = op.get("requestBody")
             if body:
-                schema = body["content"]["application/json"]["schema"]
-                parts.append(
-                    f"<details><summary>request body</summary><pre>{_schema_text(schema)}</pre></details>"
-                )
+                for media_type, media in body["content"].items():
+                    parts.append(
+                        f"<details><summary>request body ({html.escape(media_type)})</summary>"
+                        f"<pre>{_schema_text(media.get('schema'))}</pre></details>"
+                    )
             for status, response in op.get("responses", {}).items():
                 content = response.get("content", {})
                 schema = content.get("application/json", {}).get("schema")

@@ -8,6 +8,10 @@ Sub-commands:
 - ``voice cost``: what calls cost: total, per call, per minute, cache hit rate, savings.
 - ``voice hangup ID`` / ``voice token``: end a live call / mint a browser caller token through the running
   service's operator API.
+- ``voice call TO [--from NUMBER] [--agent NAME]``: place an outbound phone call through Twilio (the running
+  service's ``POST /api/calls``).
+  ``voice call sip:USER@HOST[:PORT]`` calls out through the service's own SIP user agent instead
+  (``POST /api/sip/calls``; ``--via twilio`` to dial a SIP URI through Twilio).
 - ``voice engine``: run the local Realtime engine alone (the offline, OpenAI-compatible upstream).
 - ``voice bench``: print the project's performance figures.
 """
@@ -52,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-asr", action="store_true", help="local engine without speech recognition")
     serve.add_argument("--max-calls", type=int, help="admission limit (default 100)")
     serve.add_argument("--db", type=Path, help="the call records database (default recordings/voice.db)")
+    serve.add_argument("--sip-port", type=int, help="SIP port, UDP and TCP (default 5060; 0 turns SIP off)")
 
     from voice.records_cli import add_record_commands
 
@@ -60,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="print performance figures")
     _common(bench)
     bench.add_argument(
-        "parts", nargs="*", default=[], help="which parts to run: audio, engine (default: all)"
+        "parts", nargs="*", default=[], help="which parts to run: audio, engine, sip (default: all)"
     )
     return parser
 
@@ -79,6 +84,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         settings.max_calls = args.max_calls
     if getattr(args, "db", None):
         settings.db_path = args.db
+    if getattr(args, "sip_port", None) is not None:
+        settings.sip.port = args.sip_port
     if getattr(args, "agent", None):
         settings.engine.agent = args.agent
         settings.agent = args.agent

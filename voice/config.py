@@ -11,13 +11,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from bridges.sip.settings import SipSettings
+from bridges.twilio.settings import TwilioSettings
+from bridges.webrtc.settings import WebRTCSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,6 +112,26 @@ class Settings(BaseSettings):
 
     prices: dict[str, ModelPriceOverride] = Field(default_factory=dict)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    twilio: TwilioSettings = Field(default_factory=TwilioSettings)
+    """The Twilio bridge: ``TWILIO_ACCOUNT_SID``, ``TWILIO_AUTH_TOKEN``, ``VOICE_PUBLIC_URL`` and
+    ``VOICE_TWILIO_*`` from the environment, or a ``[twilio]`` table in the TOML file."""
+    webrtc: WebRTCSettings = Field(default_factory=WebRTCSettings)
+    """The WebRTC bridge: ICE servers, pinned host candidate addresses, timeouts (``VOICE_WEBRTC__*`` or a
+    ``[webrtc]`` table)."""
+    sip: SipSettings = Field(default_factory=SipSettings)
+    """The SIP user agent and RTP (``VOICE_SIP__*`` or a ``[sip]`` table); ``voice serve --sip-port``."""
+
+    @field_validator("twilio", mode="before")
+    @classmethod
+    def _twilio_with_environment(cls, value: Any) -> Any:
+        """Nested values (a TOML ``[twilio]`` table, ``VOICE_TWILIO__*``) arrive as a dict, which pydantic
+        would validate without reading the environment: build the settings from the environment and let what
+        was set there win over the dict (environment variables rank above the TOML file, as everywhere
+        else)."""
+        if isinstance(value, dict):
+            from_env = TwilioSettings().model_dump(exclude_unset=True)
+            return TwilioSettings(**{**value, **from_env})
+        return value
 
     @classmethod
     def settings_customise_sources(

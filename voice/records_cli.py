@@ -1,6 +1,6 @@
 """The operator's record commands of the ``voice`` CLI: ``calls``, ``call-show``, ``cost`` (read the SQLite
-store directly, so they work whether or not the service runs) and ``hangup``, ``token`` (through the running
-service's operator API, with ``settings.api_token`` as the bearer token).
+store directly, so they work whether or not the service runs) and ``hangup``, ``call``, ``token`` (through the
+running service's operator API, with ``settings.api_token`` as the bearer token).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["add_record_commands", "format_duration", "format_usd", "run_record_c
 
 
 def add_record_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``calls``, ``call-show``, ``cost``, ``hangup`` and ``token`` to the ``voice`` sub-parsers."""
+    """Add ``calls``, ``call-show``, ``cost``, ``hangup``, ``call`` and ``token`` to the sub-parsers."""
     calls = sub.add_parser("calls", help="list calls (live and past) from the records database")
     common(calls)
     calls.add_argument("--status", choices=["ringing", "live", "ended"])
@@ -57,6 +57,25 @@ def add_record_commands(sub: Any, common: Callable[[argparse.ArgumentParser], No
     common(hangup)
     hangup.add_argument("call_id")
     hangup.add_argument("--url", help="the service's base URL (default http://HOST:PORT from settings)")
+
+    call = sub.add_parser("call", help="place an outbound phone call through Twilio (POST /api/calls)")
+    common(call)
+    call.add_argument("to", help="the number to call (E.164, e.g. +15551230000), a sip: URI or client:NAME")
+    call.add_argument("--from", dest="from_number", help="caller id (default VOICE_TWILIO_FROM_NUMBER)")
+    call.add_argument("--agent", dest="call_agent", help="the agent that talks (default: the default agent)")
+    call.add_argument(
+        "--machine-detection",
+        choices=["off", "Enable", "DetectMessageEnd"],
+        help="answering-machine detection (default VOICE_TWILIO_MACHINE_DETECTION)",
+    )
+    call.add_argument("--ring-timeout", type=int, help="seconds to let the phone ring (5-600)")
+    call.add_argument(
+        "--via",
+        choices=["auto", "twilio", "sip"],
+        default="auto",
+        help="auto (default): sip: URIs through the service's own SIP user agent, the rest through Twilio",
+    )
+    call.add_argument("--url", help="the service's base URL (default http://HOST:PORT from settings)")
 
     token = sub.add_parser("token", help="mint a short-lived browser caller token (POST /api/tokens)")
     common(token)
@@ -289,14 +308,52 @@ def _api(settings: Settings, args: argparse.Namespace, path: str, body: dict[str
     return data
 
 
+def _call(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    """``voice call TO``: ask the running service to place the call; Twilio's refusal is an error."""
+    via = getattr(args, "via", "auto")
+    if via == "sip" or (via == "auto" and args.to.lower().startswith(("sip:", "sips:"))):
+        return _sip_call(settings, args, out)
+    request: dict[str, Any] = {"to": args.to}
+    for key, value in (
+        ("from", args.from_number),
+        ("agent", args.call_agent),
+        ("machine_detection", args.machine_detection),
+        ("ring_timeout_s", args.ring_timeout),
+    ):
+        if value is not None:
+            request[key] = value
+    data = _api(settings, args, "/api/calls", request)
+    print(
+        f"{data['call_id']}: {data['status']} (Twilio CallSid {data['call_sid']}; "
+        f"{data['from']} -> {data['to']}, agent {data['agent']})",
+        file=out,
+    )
+    return 0
+
+
+def _sip_call(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    """``voice call sip:...``: the service calls out through its own SIP user agent (``POST /api/sip/calls``);
+    returns once the call is answered."""
+    request: dict[str, Any] = {"to": args.to}
+    if args.from_number is not None:
+        request["from"] = args.from_number
+    if args.call_agent is not None:
+        request["agent"] = args.call_agent
+    data = _api(settings, args, "/api/sip/calls", request)
+    print(f"{data['call_id']}: {data['status']} (SIP; -> {data['to']}, agent {data['agent']})", file=out)
+    return 0
+
+
 def run_record_command(args: argparse.Namespace, settings: Settings, out: TextIO | None = None) -> int:
-    """Run ``calls``, ``call-show``, ``cost``, ``hangup`` or ``token``; the process exit code."""
+    """Run ``calls``, ``call-show``, ``cost``, ``hangup``, ``call`` or ``token``; the process exit code."""
     stream = out or sys.stdout
     try:
         if args.command == "hangup":
             data = _api(settings, args, f"/api/calls/{args.call_id}/hangup", None)
             print(f"{data['call_id']}: {data['status']}", file=stream)
             return 0
+        if args.command == "call":
+            return _call(settings, args, stream)
         if args.command == "token":
             body: dict[str, Any] = {"ttl_s": args.ttl}
             if args.token_agent:

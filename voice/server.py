@@ -58,6 +58,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
+from bridges.sip.service import sip_lifespan, sip_routes
+from bridges.twilio.routes import twilio_routes
+from bridges.webrtc.routes import routes as webrtc_routes
 from voice import __version__, api_spec
 from voice.auth import MAX_TOKEN_TTL_S, AuthError, check_browser, check_operator, mint
 from voice.call.agent_tools import restaurant_registry
@@ -637,13 +640,17 @@ def create_app(
     if not run_engine and mode == "local":
         service.upstream_ready = True
         service.upstream_detail = "no upstream in this process"
+    routes.extend(twilio_routes(service))  # /twilio/voice, /twilio/status, /twilio/stream, POST /api/calls
+    routes.extend(webrtc_routes())  # POST /webrtc/offer, GET /webrtc/config (bridges/webrtc/routes.py)
+    routes.extend(sip_routes())  # POST /api/sip/calls (bridges/sip/service.py)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         """Start the pacer and the readiness job; on exit end live calls and close everything."""
         await service.start()
         try:
-            yield
+            async with sip_lifespan(service):  # the SIP user agent (bridges/sip/service.py)
+                yield
         finally:
             await service.stop()
 

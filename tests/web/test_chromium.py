@@ -4,7 +4,9 @@ Chromium (Debian ``chromium``) is driven with Playwright from PyPI, launched fro
 the flags of ``test-peers.md`` (never ``playwright install``). The fake microphone plays a WAV file of real
 synthesized speech (48 kHz, looped by Chromium); the page's AudioWorklet resamples it to 24 kHz for
 ``/ws/browser``. The agent's audio is measured in WebAudio with an ``AnalyserNode`` (``getStats`` reports no
-level in headless mode). Everything runs on 127.0.0.1 and ``localhost``.
+level in headless mode). Everything runs on 127.0.0.1 and ``localhost``. The page tests choose the WebSocket
+transport (``?transport=websocket``); the embedded widget uses its default (WebRTC where it connects, through
+the CORS preflight of ``/webrtc/offer``); ``tests/e2e/test_webrtc.py`` covers WebRTC calls in depth.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def test_page_call_with_real_speech(service: ServiceProcess, browser_with_mic: C
     """Open the page, press Talk: the agent's greeting is heard (WebAudio RMS), the caller's question is
     transcribed, the answer is heard and shown, the cost meter moves; hang up; the record is complete."""
     page = _page(browser_with_mic(5000))
-    page.goto(f"{service.base}/")
+    page.goto(f"{service.base}/?transport=websocket")  # this test is about the WebSocket page
     _wait(page, "document.querySelectorAll('#agent option').length > 0")
     assert page.locator("#agent").input_value() == "restaurant"
     assert page.locator(".keypad button").count() == 12
@@ -203,7 +205,7 @@ def test_barge_in_drops_queued_audio_at_once(
     output level falls to silence within a few render quanta) and the greeting is recorded as interrupted,
     with the part the caller heard."""
     page = _page(browser_with_mic(1800))
-    page.goto(f"{service.base}/")
+    page.goto(f"{service.base}/?transport=websocket")  # this test is about the WebSocket page
     _wait(page, "document.querySelectorAll('#agent option').length > 0")
     page.click("#talk")
     _wait(page, "voicePage.client !== null")
@@ -253,6 +255,7 @@ def test_widget_embedded_on_another_site(
     assert button.inner_text() == "Talk to us"
     button.click()
     _wait(page, "VoiceWidget.instance.state === 'live'")
+    assert page.evaluate("VoiceWidget.instance.transport") == "webrtc"  # cross-origin POST /webrtc/offer
     _wait(page, f"VoiceWidget.instance.outputLevel() > {RMS_FLOOR}", 15)
     _wait(page, "document.querySelector('[data-voice-widget]').shadowRoot.querySelector('.vw-agent.vw-done')")
     assert "Trattoria" in page.locator("[data-voice-widget] .vw-agent").first.inner_text()

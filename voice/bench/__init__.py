@@ -10,7 +10,7 @@ import importlib
 import platform
 import time
 
-PARTS = ("audio", "engine")
+PARTS = ("audio", "engine", "calls", "twilio", "sip", "webrtc")
 
 
 def run_benchmarks(parts: list[str]) -> None:

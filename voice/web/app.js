@@ -13,6 +13,7 @@
   const statusEl = $('status');
   const timerEl = $('timer');
   const agentSelect = $('agent');
+  const transportSelect = $('transport');
   const keypad = $('keypad');
   const transcriptEl = $('transcript');
   const transcript = new W.TranscriptView(transcriptEl, document);
@@ -25,9 +26,12 @@
     cost: null,
     errors: [],
     ended: null,
+    transport: null,
+    fallback: null,
   };
 
   const params = new URLSearchParams(location.search);
+  if (['auto', 'webrtc', 'websocket'].includes(params.get('transport'))) transportSelect.value = params.get('transport');
   let client = null;
   let startedAt = 0;
   let ticker = null;
@@ -136,10 +140,12 @@
 
   function startCall() {
     const agent = agentSelect.value || params.get('agent') || '';
-    client = new W.VoiceClient({ agent: agent, token: params.get('token') || '' });
+    client = new W.VoiceClient({ agent: agent, token: params.get('token') || '', transport: transportSelect.value });
     window.voicePage.client = client;
     state.callId = null;
     state.ended = null;
+    state.transport = null;
+    state.fallback = null;
     transcript.clear();
     resetCost();
     $('call-id').textContent = '';
@@ -150,6 +156,7 @@
       talk.setAttribute('aria-pressed', live ? 'true' : 'false');
       talkLabel.textContent = live ? 'Hang up' : 'Talk';
       agentSelect.disabled = live;
+      transportSelect.disabled = live;
       setKeypad(e.detail.state === 'live');
       setStatus(e.detail.text, e.detail.state);
       if (e.detail.state === 'live') {
@@ -162,11 +169,18 @@
     client.addEventListener('started', (e) => {
       state.callId = e.detail.call_id;
       $('call-id').textContent = e.detail.call_id;
-      transcript.note('Call started with ' + agent);
+      transcript.note('Call started with ' + agent + (state.transport ? ' over ' + (state.transport === 'webrtc' ? 'WebRTC' : 'the WebSocket') : ''));
     });
     client.addEventListener('transcript', (e) => {
       state.transcripts.push(e.detail);
       transcript.handle(e.detail);
+    });
+    client.addEventListener('transport', (e) => {
+      state.transport = e.detail.transport;
+      if (e.detail.fallback) {
+        state.fallback = e.detail.reason || 'WebRTC unavailable';
+        transcript.note('WebRTC unavailable (' + state.fallback + '), using the WebSocket');
+      }
     });
     client.addEventListener('cost', (e) => showCost(e.detail));
     client.addEventListener('dtmf', (e) => transcript.note('Key ' + e.detail.digit));

@@ -1,19 +1,27 @@
 /*
- * The voice widget: a browser client of the service's /ws/browser protocol (bridges/browser/PROTOCOL.md)
- * and an embeddable "Talk" button.
+ * The voice widget: a browser client of the service (bridges/browser/PROTOCOL.md) and an embeddable "Talk"
+ * button. Two transports carry the same JSON control messages:
+ *   - WebRTC (default where it connects): the microphone track (echo cancellation on) and the agent's voice
+ *     as Opus media tracks, the JSON messages on a data channel labelled "control"; signalling is one HTTP
+ *     request (GET /webrtc/config for the ICE servers, then POST /webrtc/offer with the complete offer).
+ *   - WebSocket (/ws/browser): PCM16 24 kHz frames both ways from AudioWorklets, JSON as text messages.
+ * With transport "auto" a WebRTC call that cannot be set up (no RTCPeerConnection, WebRTC off on the
+ * service, no connectivity within a few seconds) falls back to the WebSocket; refusals that would refuse the
+ * WebSocket too (token, origin, busy) do not.
  *
  * Embed on any page:
  *   <script src="https://VOICE-HOST/static/widget.js" data-agent="restaurant"
  *           data-token-url="/my-backend/voice-token"></script>
  * Attributes: data-agent (agent name), data-token (a caller token from POST /api/tokens) or data-token-url
  * (a URL on the embedding site that returns {"token": "..."}; fetched before each call), data-label (button
- * text, default "Talk"), data-mount="none" (load the library only: window.VoiceWidget.VoiceClient). The
- * mounted widget's client is window.VoiceWidget.instance.
+ * text, default "Talk"), data-transport ("auto" (default), "webrtc" or "websocket"), data-mount="none" (load
+ * the library only: window.VoiceWidget.VoiceClient). The mounted widget's client is
+ * window.VoiceWidget.instance.
  * On loopback in development mode no token is needed.
  *
  * VoiceClient (window.VoiceWidget.VoiceClient) is an EventTarget. Events (CustomEvent, detail = message):
  *   status {state: idle|connecting|live|ended|error, text}, started, transcript (transcript.delta/.done),
- *   cost, dtmf (dtmf.ack), tool, clear, error, ended (call.ended).
+ *   cost, dtmf (dtmf.ack), tool, clear, error, ended (call.ended), transport {transport, fallback?, reason?}.
  */
 (function () {
   'use strict';
@@ -22,6 +30,62 @@
   const STATIC_BASE = script ? new URL('./', script.src).href : new URL('/static/', location.href).href;
   const SERVER_BASE = new URL('../', STATIC_BASE).href;
   const WIRE_RATE = 24000;
+  const TRANSPORTS = ['auto', 'webrtc', 'websocket'];
+  const GATHER_TIMEOUT_MS = 3000;
+  const CONNECT_TIMEOUT_MS = 10000;
+  const FINAL_HTTP = [401, 403, 503];
+
+  function httpUrl(base, path, agent, token) {
+    const url = new URL(path, base);
+    if (agent) url.searchParams.set('agent', agent);
+    if (token) url.searchParams.set('token', token);
+    return url.href;
+  }
+
+  /** An error of the WebRTC set-up; final: the WebSocket would be refused the same way (no fallback). */
+  function setupError(code, message, final) {
+    const err = new Error(message);
+    err.code = code;
+    err.final = !!final;
+    return err;
+  }
+
+  /** Resolve when ICE gathering is complete (or after timeoutMs: the offer then carries what was found). */
+  function gatheringDone(pc, timeoutMs) {
+    if (pc.iceGatheringState === 'complete') return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, timeoutMs);
+      function done() {
+        clearTimeout(timer);
+        pc.removeEventListener('icegatheringstatechange', check);
+        resolve();
+      }
+      function check() {
+        if (pc.iceGatheringState === 'complete') done();
+      }
+      pc.addEventListener('icegatheringstatechange', check);
+    });
+  }
+
+  /** Resolve when the peer connection is connected; reject when it fails or after timeoutMs. */
+  function connected(pc, timeoutMs) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => finish(setupError('connect_timeout', 'WebRTC did not connect')), timeoutMs);
+      function finish(err) {
+        clearTimeout(timer);
+        pc.removeEventListener('connectionstatechange', check);
+        if (err) reject(err);
+        else resolve();
+      }
+      function check() {
+        const state = pc.connectionState;
+        if (state === 'connected') finish(null);
+        else if (state === 'failed' || state === 'closed') finish(setupError('connect_failed', 'WebRTC could not connect'));
+      }
+      pc.addEventListener('connectionstatechange', check);
+      check();
+    });
+  }
 
   function wsUrl(base, agent, token) {
     const url = new URL('ws/browser', base);
@@ -52,7 +116,8 @@
 
   class VoiceClient extends EventTarget {
     /**
-     * @param {{server?: string, agent?: string, token?: string, tokenUrl?: string}} options
+     * @param {{server?: string, agent?: string, token?: string, tokenUrl?: string, transport?: string}} options
+     *   transport: "auto" (WebRTC, else WebSocket), "webrtc" or "websocket".
      */
     constructor(options) {
       super();
@@ -61,9 +126,14 @@
       this.agent = opts.agent || '';
       this.token = opts.token || '';
       this.tokenUrl = opts.tokenUrl || '';
+      this.transportChoice = TRANSPORTS.includes(opts.transport) ? opts.transport : 'auto';
+      this.transport = null;
       this.state = 'idle';
       this.callId = null;
       this.ws = null;
+      this.pc = null;
+      this.dc = null;
+      this.audioEl = null;
       this.ctx = null;
       this.stream = null;
       this.mic = null;
@@ -95,13 +165,15 @@
       return body.token || '';
     }
 
-    /** Start a call: microphone, audio graph, WebSocket. */
+    /** Start a call: microphone, audio graph, then WebRTC or the WebSocket (see transportChoice). */
     async start() {
       if (this.state === 'connecting' || this.state === 'live') return;
       this._ended = false;
+      this._finished = false;
       this.callId = null;
       this.endReason = null;
       this.lastError = null;
+      this.transport = null;
       this.setState('connecting', 'Connecting…');
       try {
         const Ctx = window.AudioContext || window.webkitAudioContext;
@@ -122,22 +194,160 @@
         source.connect(this.mic);
         this.mic.connect(sink);
         sink.connect(this.ctx.destination);
-        this.player = new AudioWorkletNode(this.ctx, 'agent-playback', {
-          numberOfInputs: 0,
-          numberOfOutputs: 1,
-          outputChannelCount: [1],
-        });
         this.analyser = this.ctx.createAnalyser();
         this.analyser.fftSize = 1024;
-        this.player.connect(this.analyser);
-        this.analyser.connect(this.ctx.destination);
         this.mic.port.onmessage = (event) => this.onMicMessage(event.data);
-        this.player.port.onmessage = (event) => this.onPlayerMessage(event.data);
         const token = await this.fetchToken();
+        if (this.transportChoice !== 'websocket' && window.RTCPeerConnection) {
+          try {
+            await this.startWebRTC(token);
+            return;
+          } catch (err) {
+            this.closePeer();
+            if (this._ended || this.transportChoice === 'webrtc' || err.final) throw err;
+            this.emit('transport', { transport: 'websocket', fallback: true, reason: err.message });
+          }
+        }
+        this.startPlayer();
+        this.transport = 'websocket';
+        this.emit('transport', { transport: 'websocket' });
         this.openSocket(wsUrl(this.server, this.agent, token));
       } catch (err) {
-        this.fail('start_failed', err && err.message ? err.message : String(err));
+        if (!this._finished && this.state !== 'error') {
+          this.fail((err && err.code) || 'start_failed', err && err.message ? err.message : String(err));
+        }
         this.teardown();
+      }
+    }
+
+    /** The WebSocket transport's player: queued 24 kHz PCM, reporting its playback position. */
+    startPlayer() {
+      this.player = new AudioWorkletNode(this.ctx, 'agent-playback', {
+        numberOfInputs: 0,
+        numberOfOutputs: 1,
+        outputChannelCount: [1],
+      });
+      this.player.connect(this.analyser);
+      this.analyser.connect(this.ctx.destination);
+      this.player.port.onmessage = (event) => this.onPlayerMessage(event.data);
+    }
+
+    async fetchJson(url, init) {
+      let response;
+      try {
+        response = await fetch(url, init);
+      } catch (err) {
+        throw setupError('network', 'Could not reach the voice service', false);
+      }
+      let body = {};
+      try {
+        body = await response.json();
+      } catch (err) {
+        body = {};
+      }
+      if (!response.ok) {
+        const error = body.error || {};
+        const final = FINAL_HTTP.includes(response.status) || error.code === 'unknown_agent';
+        throw setupError(error.code || 'http_' + response.status, error.message || 'HTTP ' + response.status, final);
+      }
+      return body;
+    }
+
+    /** WebRTC: ICE servers, peer connection with the microphone and the control channel, offer, answer. */
+    async startWebRTC(token) {
+      const config = await this.fetchJson(httpUrl(this.server, 'webrtc/config', this.agent, token));
+      const pc = new RTCPeerConnection({
+        iceServers: config.ice_servers || [],
+        iceTransportPolicy: config.ice_transport_policy === 'relay' ? 'relay' : 'all',
+      });
+      this.pc = pc;
+      for (const track of this.stream.getAudioTracks()) pc.addTrack(track, this.stream);
+      const dc = pc.createDataChannel('control', { ordered: true });
+      this.dc = dc;
+      dc.onmessage = (event) => {
+        if (typeof event.data === 'string') this.onControl(event.data);
+      };
+      dc.onclose = () => {
+        if (this.dc === dc) this.finishPeer();
+      };
+      pc.ontrack = (event) => this.onRemoteTrack(event);
+      if (!this._pagehide) {
+        // Closing the tab: hang up and close the peer connection, so the service ends the call at once
+        // (otherwise it notices only when the caller's audio has been missing for its media timeout).
+        this._pagehide = () => {
+          if (!this.pc) return;
+          this.send({ type: 'hangup' });
+          this.closePeer();
+        };
+        window.addEventListener('pagehide', this._pagehide);
+      }
+      await pc.setLocalDescription(await pc.createOffer());
+      await gatheringDone(pc, GATHER_TIMEOUT_MS);
+      const answer = await this.fetchJson(httpUrl(this.server, 'webrtc/offer', this.agent, token), {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ sdp: pc.localDescription.sdp, type: 'offer' }),
+      });
+      if (this.pc !== pc) throw setupError('cancelled', 'Call cancelled', true);
+      this.callId = answer.call_id || null;
+      await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+      await connected(pc, CONNECT_TIMEOUT_MS);
+      this.transport = 'webrtc';
+      this.emit('transport', { transport: 'webrtc' });
+      pc.addEventListener('connectionstatechange', () => {
+        if (this.pc === pc && (pc.connectionState === 'failed' || pc.connectionState === 'closed')) this.finishPeer();
+      });
+    }
+
+    /** The agent's voice: played by an audio element (Chrome needs one for remote WebRTC audio) and
+     * measured by the AnalyserNode (outputLevel). */
+    onRemoteTrack(event) {
+      const stream = event.streams && event.streams[0] ? event.streams[0] : new MediaStream([event.track]);
+      const audio = new Audio();
+      audio.autoplay = true;
+      audio.srcObject = stream;
+      audio.play().catch(() => {});
+      this.audioEl = audio;
+      if (this.ctx && this.analyser) {
+        const source = this.ctx.createMediaStreamSource(stream);
+        const mute = this.ctx.createGain();
+        mute.gain.value = 0;
+        source.connect(this.analyser);
+        this.analyser.connect(mute);
+        mute.connect(this.ctx.destination);
+      }
+    }
+
+    /** The WebRTC call is over (call.ended, channel closed, connection failed): final state, teardown. */
+    finishPeer() {
+      if (this._finished) return;
+      this._finished = true;
+      const normal = this._ended && this.callId !== null;
+      let text;
+      if (normal) text = END_TEXT[this.endReason] || 'Call ended';
+      else text = (this.lastError && this.lastError.message) || 'Connection lost';
+      if (!this._ended) {
+        this._ended = true;
+        this.emit('ended', { type: 'call.ended', reason: 'closed', call_id: this.callId });
+      }
+      this.setState(normal ? 'ended' : 'error', text);
+      this.teardown();
+    }
+
+    closePeer() {
+      const pc = this.pc;
+      this.pc = null;
+      this.dc = null;
+      if (pc) {
+        try {
+          pc.close();
+        } catch (err) {
+          /* already closed */
+        }
+      }
+      if (this.audioEl) {
+        this.audioEl.srcObject = null;
+        this.audioEl = null;
       }
     }
 
@@ -205,7 +415,7 @@
       switch (msg.type) {
         case 'call.started':
           this.callId = msg.call_id;
-          if (msg.audio && msg.audio.rate && msg.audio.rate !== WIRE_RATE) {
+          if (this.transport === 'websocket' && msg.audio && msg.audio.rate && msg.audio.rate !== WIRE_RATE) {
             this.fail('bad_format', 'unsupported audio rate ' + msg.audio.rate);
             this.hangup();
             return;
@@ -241,6 +451,7 @@
           this._ended = true;
           this.endReason = msg.reason;
           this.emit('ended', msg);
+          if (this.transport === 'webrtc') setTimeout(() => this.finishPeer(), 300);
           break;
         default:
           break;
@@ -254,7 +465,8 @@
     }
 
     send(message) {
-      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+      if (this.dc && this.dc.readyState === 'open') this.dc.send(JSON.stringify(message));
+      else if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
     }
 
     /** Press a keypad key (0-9, *, #, A-D). */
@@ -265,11 +477,26 @@
     /** Mute or unmute the microphone (silence is still sent, so the call's clock keeps going). */
     setMuted(muted) {
       if (this.mic) this.mic.port.postMessage({ type: 'mute', value: !!muted });
+      if (this.transport === 'webrtc' && this.stream) {
+        for (const track of this.stream.getAudioTracks()) track.enabled = !muted;
+      }
     }
 
     /** End the call. */
     hangup() {
-      if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      if (this.pc) {
+        const pc = this.pc;
+        if (this.dc && this.dc.readyState === 'open') {
+          this.send({ type: 'hangup' });
+          setTimeout(() => {
+            if (this.pc === pc) this.finishPeer();
+          }, 1500);
+        } else {
+          this._ended = true;
+          this.endReason = 'caller_hangup';
+          this.finishPeer();
+        }
+      } else if (this.ws && this.ws.readyState === WebSocket.OPEN) {
         this.send({ type: 'hangup' });
         const ws = this.ws;
         setTimeout(() => {
@@ -292,6 +519,7 @@
     }
 
     teardown() {
+      this.closePeer();
       if (this.stream) {
         for (const track of this.stream.getTracks()) track.stop();
         this.stream = null;
@@ -481,6 +709,7 @@
       tokenUrl: script.dataset.tokenUrl || '',
       label: script.dataset.label || '',
       title: script.dataset.title || '',
+      transport: script.dataset.transport || 'auto',
     };
     const mountNow = () => {
       window.VoiceWidget.instance = mount(options);
