@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import numpy as np
 import pydantic
 import pytest
@@ -277,9 +278,16 @@ async def test_disconnect_mid_response(engine_no_asr: EngineProcess) -> None:
         await rec.next()
         await conn.response.create(response={"instructions": f"Say: {long_text}"})
         await rec.until("response.output_audio.delta")
-    # The engine is still fine: a new session works.
+    # The engine is still fine: a new session works, and the abandoned one was ended and forgotten.
     async with client(engine_no_asr).realtime.connect(model="gpt-realtime") as conn:
         assert (await Recorder(conn).next()).type == "session.created"
+    async with httpx.AsyncClient() as http:
+        for _ in range(50):
+            health = (await http.get(f"http://127.0.0.1:{engine_no_asr.port}/healthz")).json()
+            if health["sessions"] == 0:
+                break
+            await asyncio.sleep(0.1)
+    assert health["sessions"] == 0
 
 
 @pytest.mark.parametrize("fixture", ["engine", "engine_no_asr"])
