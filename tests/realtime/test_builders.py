@@ -154,6 +154,9 @@ def test_ids() -> None:
     for prefix in ("item", "resp", "sess", "call", "conv", "item_"):
         value = new_id(prefix)
         assert re.fullmatch(rf"{prefix.rstrip('_')}_[0-9A-Za-z]{{{ID_RANDOM_CHARS}}}", value), value
-    # All 62 characters appear over many ids (the encoding is not stuck on a subset).
-    chars = set("".join(i[6:] for i in ids))
+    # Random ids use all 62 characters over many ids (the encoding is not stuck on a subset).
+    chars = set("".join(new_id("item")[5:] for _ in range(2000)))
     assert len(chars) == 62
+    # Event ids are a process prefix and a counter: unique in order, no randomness per event.
+    first, second = new_event_id(), new_event_id()
+    assert first[:14] == second[:14] and int(second[14:]) == int(first[14:]) + 1

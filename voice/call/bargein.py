@@ -159,7 +159,9 @@ class CallerSpeechDetector:
         return onset
 
     def reset(self) -> None:
+        """Forget the current voiced run and any partial frame."""
         self._run = 0
+        self._buffer.clear()
 
     def echo_score(self) -> float:
         """Max normalised cross-correlation of the last caller window with the agent history (0..1)."""

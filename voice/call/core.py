@@ -399,6 +399,11 @@ class CallCore:
         actions: list[Action] = []
         if self.forward_audio and audio:
             actions.append(SendUpstream(input_audio_append(bytes(audio))))
+        if not (self.playout.has_audio_to_play or self.playout.paused):
+            # Local VAD only decides barge-in, which needs agent audio to interrupt: skip its cost while
+            # the agent is silent (most of a caller's talk time) and start a fresh voiced run later.
+            self.detector.reset()
+            return actions
         onset = self.detector.push(audio, now_ms)
         if onset and self.playout.has_audio_to_play and not self.playout.paused:
             self.playout.paused = True

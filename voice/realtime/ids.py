@@ -7,6 +7,7 @@ prefix, an underscore and a run of ASCII letters and digits. Ours are ``prefix_`
 
 from __future__ import annotations
 
+import itertools
 import secrets
 
 ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -32,6 +33,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix.rstrip('_')}_{_random_alnum()}"
 
 
+_EVENT_PREFIX = _random_alnum()[:8]
+_EVENT_COUNTER = itertools.count()
+
+
 def new_event_id() -> str:
-    """A client event id: ``event_`` + 20 random alphanumerics (echoed back in ``error.event_id``)."""
-    return "event_" + _random_alnum()
+    """A client event id: ``event_`` + 20 alphanumerics (echoed back in ``error.event_id``).
+
+    Event ids only need to be unique, not unguessable, and one is made for every audio frame sent: they
+    are a random 8-character process prefix and a 12-digit counter, which costs a fraction of
+    :func:`new_id`'s ``os.urandom`` call.
+    """
+    return f"event_{_EVENT_PREFIX}{next(_EVENT_COUNTER) % 10**12:012d}"
