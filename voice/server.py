@@ -62,13 +62,16 @@ from bridges.sip.service import sip_lifespan, sip_routes
 from bridges.twilio.routes import twilio_routes
 from bridges.webrtc.routes import routes as webrtc_routes
 from voice import __version__, api_spec
-from voice.auth import MAX_TOKEN_TTL_S, AuthError, check_browser, check_operator, mint
+from voice.auth import MAX_TOKEN_TTL_S, AuthError, check_browser, mint
 from voice.call.agent_tools import restaurant_registry
 from voice.call.pacer import FramePacer
 from voice.call.tools import ToolRegistry
 from voice.call.upstream import UpstreamOpener
 from voice.config import Settings
 from voice.errors import ConfigError, RecordError, UpstreamError, VoiceError
+from voice.httputil import client_host as _client_host
+from voice.httputil import error_response as _error
+from voice.httputil import operator_refusal
 from voice.logs import get_logger
 from voice.manager import Admission, CallRefused, SessionManager
 from voice.profiles import AgentProfile, load_profile, profile_names
@@ -234,33 +237,9 @@ def _service(conn: HTTPConnection) -> Service:
     return service
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
-
-def _client_host(conn: HTTPConnection) -> str | None:
-    return conn.client.host if conn.client is not None else None
-
-
 def _operator(request: Request) -> JSONResponse | None:
     """None if the request may use the operator API, else the refusal to return (logged)."""
-    service = _service(request)
-    token = service.settings.api_token.get_secret_value() if service.settings.api_token else None
-    try:
-        check_operator(token, _client_host(request), request.headers)
-    except AuthError as exc:
-        _log.warning(
-            "operator_refused",
-            path=request.url.path,
-            client=_client_host(request),
-            code=exc.code,
-            why=exc.message,
-        )
-        response = _error(exc.status, exc.code, exc.message)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="voice"'
-        return response
-    return None
+    return operator_refusal(_service(request).settings, request)
 
 
 def _call_view(row: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:

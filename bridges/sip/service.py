@@ -24,6 +24,7 @@ from bridges.sip.message import SipParseError
 from bridges.sip.ua import SipCall, SipCallFailed, SipRefusal, UserAgent, parse_target
 from voice.config import Settings
 from voice.errors import ConfigError
+from voice.httputil import error_response as _error
 from voice.logs import get_logger
 from voice.manager import Admission, CallRefused, SessionManager
 from voice.profiles import AgentProfile
@@ -128,10 +129,6 @@ async def sip_lifespan(service: ServiceLike) -> AsyncIterator[UserAgent | None]:
             with contextlib.suppress(Exception):
                 await service.manager.drain(0)
         await ua.close()
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 async def place_sip_call(request: Request) -> JSONResponse:

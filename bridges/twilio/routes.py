@@ -38,7 +38,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
@@ -69,9 +69,11 @@ from bridges.twilio.twiml import (
     say_and_hangup,
 )
 from bridges.twilio.web import forbidden, twiml_response, verify_webhook, verify_websocket
-from voice.auth import AuthError, check_operator
 from voice.config import Settings
 from voice.errors import ConfigError, RecordError, VoiceError
+from voice.httputil import client_host as _client_host
+from voice.httputil import error_response as _error
+from voice.httputil import operator_refusal
 from voice.logs import get_logger
 from voice.manager import CallRefused, SessionManager
 from voice.profiles import AgentProfile
@@ -120,15 +122,6 @@ class _BadRequest(VoiceError):
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    """The operator API's error shape: ``{"error": {"code", "message", ...}}``."""
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
-
-
-def _client_host(conn: HTTPConnection) -> str | None:
-    return conn.client.host if conn.client is not None else None
 
 
 def _text(value: Any, name: str) -> str | None:
@@ -417,22 +410,7 @@ class TwilioRoutes:
     # -- POST /api/calls -----------------------------------------------------------------------------------
 
     def _operator(self, request: Request) -> JSONResponse | None:
-        token = self.settings.api_token.get_secret_value() if self.settings.api_token else None
-        try:
-            check_operator(token, _client_host(request), request.headers)
-        except AuthError as exc:
-            _log.warning(
-                "operator_refused",
-                path=request.url.path,
-                client=_client_host(request),
-                code=exc.code,
-                why=exc.message,
-            )
-            response = _error(exc.status, exc.code, exc.message)
-            if exc.status == 401:
-                response.headers["WWW-Authenticate"] = 'Bearer realm="voice"'
-            return response
-        return None
+        return operator_refusal(self.settings, request)
 
     async def place(self, request: Request) -> JSONResponse:
         """``POST /api/calls``: place an outbound call through Twilio (201 with the call id and CallSid)."""

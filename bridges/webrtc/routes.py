@@ -38,6 +38,7 @@ from voice.auth import AuthError, BrowserGrant, check_browser, origin_allowed
 from voice.call.transcript import TranscriptEvent
 from voice.config import Settings
 from voice.errors import ConfigError
+from voice.httputil import error_response
 from voice.logs import get_logger
 from voice.manager import Admission, CallRefused, SessionManager
 from voice.profiles import AgentProfile
@@ -84,7 +85,9 @@ def gateway(app: Starlette, settings: WebRTCSettings) -> WebRTCGateway:
 
 
 def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    response = error_response(status, code, message)
+    response.headers.update(headers or {})
+    return response
 
 
 def _cors(request: Request) -> dict[str, str]:

@@ -230,13 +230,13 @@ async def test_pcmu_in_and_out(engine: EngineProcess, speech: SpeechFn) -> None:
         )
         updated = await rec.until("session.updated")
         assert updated[-1].session.audio.output.format.type == "audio/pcmu"
-        utterance = ulaw_encode(speech("What are your opening hours", 8000) + b"\x00" * 16000)
+        # Narrowband speech is hard for Whisper tiny.en (test-peers.md): this sentence is recognized reliably
+        # from 8 kHz eSpeak audio, run after run, where "What are your opening hours" is not.
+        utterance = ulaw_encode(speech("Are you open on Sunday?", 8000) + b"\x00" * 16000)
         await append_audio(conn, utterance, 160)  # 20 ms of µ-law
         events = await rec.until("response.done")
-        assert (
-            "hours"
-            in first(events, "conversation.item.input_audio_transcription.completed").transcript.lower()
-        )
+        transcript = first(events, "conversation.item.input_audio_transcription.completed").transcript
+        assert "open" in transcript.lower() and "sunday" in transcript.lower()
         mulaw = b"".join(base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta")
         assert len(mulaw) > 8000  # a second at 8 bytes/ms
         assert rms(ulaw_decode(mulaw)) > 300
