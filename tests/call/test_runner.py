@@ -191,8 +191,11 @@ async def test_g711_leg_passes_through_without_transcoding(
         await until(lambda: up.events("input_audio_buffer.append"))
         leg.inbox.put_nowait(LegHangup("bye"))
         assert await asyncio.wait_for(task, 5) == "caller_hangup"
-    fmt = up.events("session.update")[0]["session"]["audio"]["input"]["format"]
-    assert fmt == {"type": "audio/pcmu"}
+    session = up.events("session.update")[0]["session"]
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+    # The leg's caller id reaches the agent, after the profile's stable instructions.
+    assert session["instructions"].startswith(profile.instructions)
+    assert session["instructions"].endswith("- caller: test:call_ulaw")
     assert all(len(f.frame) == 160 for f in leg.frames())
     assert b"".join(f.frame for f in leg.frames()) == tone(200, codec)  # byte for byte
     import base64

@@ -311,12 +311,16 @@ class CallCore:
 
     # Public inputs ---------------------------------------------------------------------------------------
 
-    def session_event(self, tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def session_event(self, tools: list[dict[str, Any]] | None = None, context: str = "") -> dict[str, Any]:
         """The ``session.update`` for this call: the profile's session with the leg's audio format (§A.2,
-        §A.3) and, if given, ``tools`` (e.g. ``ToolRegistry.session_tools(...)``) instead of the profile's."""
+        §A.3) and, if given, ``tools`` (e.g. ``ToolRegistry.session_tools(...)``) instead of the profile's.
+        ``context`` (per-call details, :func:`voice.call.context.call_context`) goes after the stable
+        instructions, so the cacheable prefix stays the same across calls."""
         session = self.profile.session_config(upstream_format(self.codec))
         if tools is not None:
             session["tools"] = tools
+        if context:
+            session["instructions"] = f"{session['instructions']}\n\n{context}".lstrip()
         return session_update(session)
 
     def caller_audio(self, audio: bytes, now_ms: int) -> list[Action]:

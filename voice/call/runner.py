@@ -63,6 +63,7 @@ from bridges.base import (
 from voice import metrics
 from voice.audio.dtmf import dtmf_tones
 from voice.audio.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from voice.call.context import call_context
 from voice.call.core import (
     INTERNAL_ERROR_METRIC,
     Action,
@@ -448,7 +449,8 @@ class CallRunner:
 
     def _session_events(self) -> list[dict[str, Any]]:
         declared = [t.to_session() for t in self.profile.tools]
-        return [self.core.session_event(self.tools.session_tools(declared))]
+        context = call_context(self.leg.metadata)
+        return [self.core.session_event(self.tools.session_tools(declared), context)]
 
     def _install(self, conn: RealtimeConnection, *, restore: bool) -> None:
         """Make ``conn`` the upstream and queue its set-up events first (synchronous: nothing interleaves).
