@@ -3,7 +3,8 @@ operator-API check (bearer token from settings; loopback-only when none is set, 
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Final
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
@@ -11,8 +12,12 @@ from starlette.responses import JSONResponse
 from voice.auth import AuthError, check_operator
 from voice.config import Settings
 from voice.logs import get_logger
+from voice.query import QueryError
 
 _log = get_logger(component="http")
+
+MAX_API_BODY: Final = 16 * 1024
+"""Largest JSON body the operator API reads."""
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -43,3 +48,22 @@ def operator_refusal(settings: Settings, request: Request) -> JSONResponse | Non
             response.headers["WWW-Authenticate"] = 'Bearer realm="voice"'
         return response
     return None
+
+
+async def read_json_object(request: Request, max_bytes: int = MAX_API_BODY) -> dict[str, Any]:
+    """The request's JSON object body (``{}`` when empty); :class:`QueryError` (answered with 400) when it
+    is larger than ``max_bytes``, not JSON, or not an object. Reads at most ``max_bytes`` plus one chunk."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise QueryError(f"request body larger than {max_bytes} bytes")
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise QueryError(f"request body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise QueryError("request body must be a JSON object")
+    return data

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import os
 import secrets
 import socket
@@ -71,7 +70,7 @@ from voice.config import Settings
 from voice.errors import ConfigError, RecordError, UpstreamError, VoiceError
 from voice.httputil import client_host as _client_host
 from voice.httputil import error_response as _error
-from voice.httputil import operator_refusal
+from voice.httputil import operator_refusal, read_json_object
 from voice.logs import get_logger
 from voice.manager import Admission, CallRefused, SessionManager
 from voice.profiles import AgentProfile, load_profile, profile_names
@@ -94,7 +93,6 @@ __all__ = [
 
 WEB_DIR: Final = Path(__file__).resolve().parent / "web"
 DEFAULT_TOKEN_TTL_S: Final = 300
-MAX_API_BODY: Final = 16 * 1024
 WS_CLOSE_NORMAL: Final = 1000
 WS_CLOSE_POLICY: Final = 1008
 WS_CLOSE_INTERNAL: Final = 1011
@@ -251,23 +249,6 @@ def _call_view(row: dict[str, Any], live: dict[str, Any] | None) -> dict[str, An
     return out
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_API_BODY:
-            raise QueryError(f"request body larger than {MAX_API_BODY} bytes")
-    if not body.strip():
-        return {}
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise QueryError(f"request body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise QueryError("request body must be a JSON object")
-    return data
-
-
 # -- pages, health, metrics ------------------------------------------------------------------------------
 
 
@@ -422,7 +403,7 @@ async def create_token(request: Request) -> JSONResponse:
         return refused
     service = _service(request)
     try:
-        body = await _json_body(request)
+        body = await read_json_object(request)
         agent = body.get("agent")
         origin = body.get("origin")
         ttl = body.get("ttl_s", DEFAULT_TOKEN_TTL_S)

@@ -32,7 +32,6 @@ URL the request arrived on is used (local development only: behind a proxy, set 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -73,10 +72,11 @@ from voice.config import Settings
 from voice.errors import ConfigError, RecordError, VoiceError
 from voice.httputil import client_host as _client_host
 from voice.httputil import error_response as _error
-from voice.httputil import operator_refusal
+from voice.httputil import operator_refusal, read_json_object
 from voice.logs import get_logger
 from voice.manager import CallRefused, SessionManager
 from voice.profiles import AgentProfile
+from voice.query import QueryError
 from voice.realtime.ids import new_id
 from voice.store import CallStore
 
@@ -86,7 +86,6 @@ API_CALLS_PATH: Final = "/api/calls"
 WS_CLOSE_NORMAL: Final = 1000
 WS_CLOSE_POLICY: Final = 1008
 WS_CLOSE_TRY_LATER: Final = 1013
-MAX_API_BODY: Final = 16 * 1024
 MAX_REMEMBERED_CALLS: Final = 10_000
 """``CallSid`` -> call id entries kept in memory (older ones are found in the store)."""
 MAX_STATUS_HISTORY: Final = 50
@@ -418,7 +417,7 @@ class TwilioRoutes:
         if refused is not None:
             return refused
         try:
-            body = await _json_body(request)
+            body = await read_json_object(request)
             to = _text(body.get("to"), "to")
             if to is None:
                 raise _BadRequest("to is required: the number to call (E.164), a sip: URI or client:NAME")
@@ -435,7 +434,7 @@ class TwilioRoutes:
             if not from_:
                 raise _BadRequest("no caller id: pass 'from' or set VOICE_TWILIO_FROM_NUMBER")
             callee = parse_transfer_target(to)
-        except (_BadRequest, InvalidTransferTarget) as exc:
+        except (_BadRequest, QueryError, InvalidTransferTarget) as exc:
             return _error(400, "invalid_request", str(exc))
         try:
             self.host.profile(agent)
@@ -533,23 +532,6 @@ class TwilioRoutes:
             WebSocketRoute(STREAM_PATH, self.stream),
             Route(API_CALLS_PATH, self.place, methods=["POST"]),
         ]
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_API_BODY:
-            raise _BadRequest(f"request body larger than {MAX_API_BODY} bytes")
-    if not body.strip():
-        return {}
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise _BadRequest(f"request body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise _BadRequest("request body must be a JSON object")
-    return data
 
 
 def twilio_routes(host: TwilioHost, *, rest: TwilioRest | None = None) -> list[Route | WebSocketRoute]:
