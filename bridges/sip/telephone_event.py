@@ -6,18 +6,27 @@ since the event began). Digit 5, E=1, volume 10, duration 800 is ``05 8a 03 20``
 
 Receiving (§2.5.2): every packet of one event (or one segment of a long one) carries the same RTP timestamp
 and a growing duration; the final packet is sent three times. :class:`TelephoneEventReceiver` reports a
-:class:`DtmfStarted` on the first packet of a key and exactly one :class:`DtmfKey` with the total duration:
+:class:`DtmfStarted` on the first packet of a key and exactly one :class:`DtmfKey` with the total duration,
+whatever is lost, repeated or reordered:
 
-- on the first packet with E=1; the repeats are dropped (de-duplicated by SSRC, timestamp and event);
+- on the first packet with E=1; the repeats are dropped (de-duplicated by SSRC, event and start timestamp);
 - when a packet with a new timestamp begins while the previous event had no end packet (it was lost);
 - on :meth:`~TelephoneEventReceiver.poll` once no packet came for ``timeout_ms`` (a lost end packet);
-- long events (§2.5.1.3) arrive as segments: a new timestamp exactly 0xFFFF after the previous one with
-  the same event continues it, and the durations add up.
+- long events (§2.5.1.3, §2.5.2.3) arrive as segments: the sender ends a segment at duration 0xFFFF
+  without the E bit and goes on with a new timestamp, the old one + 0xFFFF, and a duration counted from
+  there. A timestamp a whole number of segments away from a key's (later: its next segment, possibly
+  after a lost segment end; earlier: a late packet of a segment before) with the same event and SSRC
+  belongs to that key, which is counted once and whose durations add up, even when it was already
+  reported (its end came by timeout, and then its next segment turned up);
+- a packet of a key older than the one going on, none of whose packets came before (reordered behind the
+  next key's first packets), reports that key at once rather than losing it.
 
 Sending (§2.5.1): :class:`TelephoneEventSender` turns digits into packets, one tick per packet interval
 (20 ms): a first packet with the marker bit, updates with a growing duration, the final packet with E=1 sent
-three times (§2.5.1.4), the RTP timestamp constant for the event; events longer than 0xFFFF units are cut
-into segments.
+three times (§2.5.1.4), the RTP timestamp constant for the event. An event longer than 0xFFFF units is cut
+into segments (§2.5.1.3): the segment's last packet reports 0xFFFF without the E bit and is sent three
+times like any final packet; the next segment has the timestamp where that one ended (+ 0xFFFF), no marker
+bit, and durations counted from its own start; only the last segment's final packet has the E bit.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ __all__ = [
     "EVENT_DIGITS",
     "FLASH",
     "MAX_DURATION",
+    "MAX_SEGMENTS",
     "DtmfKey",
     "DtmfStarted",
     "TelephoneEvent",
@@ -43,6 +53,7 @@ __all__ = [
     "TelephoneEventSender",
     "digit_to_event",
     "event_to_digit",
+    "segment_index",
 ]
 
 EVENT_DIGITS: Final = "0123456789*#ABCD"
@@ -123,25 +134,36 @@ class DtmfKey:
 
 
 TelephoneEventReport: TypeAlias = DtmfStarted | DtmfKey
-_Key: TypeAlias = tuple[int, int, int]
+
+MAX_SEGMENTS: Final = 31
+"""How many 0xFFFF-unit segments apart two timestamps of one event may be (31 x 8.19 s at 8 kHz).
+
+Segment timestamps are ``start + k * 0xFFFF``. For a sender on a 20 ms frame grid (160 units at 8 kHz,
+320 at 16 kHz, 960 at 48 kHz) ``k * 0xFFFF`` lands on the grid only when ``k`` is a multiple of 32, so
+within 31 segments a new key press of the same key can never be taken for a segment of an old one."""
+
+
+def segment_index(timestamp: int, start: int) -> int | None:
+    """Which segment of an event starting at ``start`` has ``timestamp`` (negative: an earlier one), or
+    None when ``timestamp`` is no segment boundary of it (RFC 4733 §2.5.1.3)."""
+    distance = ts_diff(timestamp, start)
+    if distance % MAX_DURATION or abs(distance) > MAX_SEGMENTS * MAX_DURATION:
+        return None
+    return distance // MAX_DURATION
 
 
 @dataclass(slots=True)
 class _Current:
     ssrc: int
-    start_timestamp: int
-    timestamp: int
-    """Timestamp of the current segment."""
     event: int
-    earlier: int
-    """Duration of the finished segments."""
+    start_timestamp: int
+    """Timestamp of the earliest segment seen."""
+    timestamp: int
+    """Timestamp of the latest segment seen."""
     duration: int
+    """The largest duration seen in the latest segment."""
     volume: int
     updated_ms: float
-
-    @property
-    def key(self) -> _Key:
-        return (self.ssrc, self.timestamp, self.event)
 
 
 class TelephoneEventReceiver:
@@ -155,54 +177,53 @@ class TelephoneEventReceiver:
         self.clock_rate = clock_rate
         self.timeout_ms = timeout_ms
         self._current: _Current | None = None
-        self._done: deque[_Key] = deque(maxlen=history)
-        self._done_set: set[_Key] = set()
+        self._done: deque[tuple[int, int, int]] = deque(maxlen=history)
+        """(SSRC, event, start timestamp) of the keys already reported, newest last."""
 
     def receive(self, packet: RtpPacket, now_ms: float) -> list[TelephoneEventReport]:
         """Account one packet; raises :class:`RtpParseError` if its payload is not a telephone-event."""
         event = TelephoneEvent.parse(packet.payload)
-        key = (packet.ssrc, packet.timestamp, event.event)
-        if key in self._done_set:
-            return []  # a repeated end packet, or a late update of a reported key
-        out: list[TelephoneEventReport] = []
+        ssrc, timestamp = packet.ssrc, packet.timestamp
+        if self._reported(ssrc, event.event, timestamp):
+            return []  # a repeated end packet, a late update or a later segment of a reported key
         current = self._current
-        if current is not None and current.key == key:
-            current.duration = max(current.duration, event.duration)
-            current.updated_ms = now_ms
-            if event.end:
-                out.append(self._finish("end"))
-            return out
+        if current is not None and current.ssrc == ssrc and current.event == event.event:
+            index = segment_index(timestamp, current.timestamp)
+            if index is not None:
+                return self._update(current, event, timestamp, index, now_ms)
+        out: list[TelephoneEventReport] = []
         if current is not None:
-            if (
-                current.ssrc == packet.ssrc
-                and current.event == event.event
-                and ts_diff(packet.timestamp, current.timestamp) == MAX_DURATION
-            ):
-                self._remember(current.key)  # the next segment of a long event (§2.5.2.3)
-                current.earlier += MAX_DURATION
-                current.timestamp = packet.timestamp
-                current.duration = event.duration
-                current.updated_ms = now_ms
-                if event.end:
-                    out.append(self._finish("end"))
+            if current.ssrc == ssrc and ts_diff(timestamp, current.start_timestamp) < 0:
+                # A key older than the one going on, none of whose packets came before (lost or
+                # reordered behind the next key's): report it now, once, and keep the current one.
+                out.append(DtmfStarted(event.event, event_to_digit(event.event), ssrc, timestamp))
+                late = _Current(ssrc, event.event, timestamp, timestamp, event.duration, event.volume, now_ms)
+                out.append(self._report(late, "new_event"))
                 return out
-            if current.ssrc == packet.ssrc and ts_diff(packet.timestamp, current.timestamp) < 0:
-                return []  # an old event's packet arriving late
             out.append(self._finish("new_event"))
         self._current = _Current(
-            ssrc=packet.ssrc,
-            start_timestamp=packet.timestamp,
-            timestamp=packet.timestamp,
-            event=event.event,
-            earlier=0,
-            duration=event.duration,
-            volume=event.volume,
-            updated_ms=now_ms,
+            ssrc, event.event, timestamp, timestamp, event.duration, event.volume, now_ms
         )
-        out.append(DtmfStarted(event.event, event_to_digit(event.event), packet.ssrc, packet.timestamp))
+        out.append(DtmfStarted(event.event, event_to_digit(event.event), ssrc, timestamp))
         if event.end:
             out.append(self._finish("end"))
         return out
+
+    def _update(
+        self, current: _Current, event: TelephoneEvent, timestamp: int, index: int, now_ms: float
+    ) -> list[TelephoneEventReport]:
+        """A packet of the key going on: of its latest segment (``index`` 0), a later or an earlier one."""
+        if index > 0:  # the next segment of a long event (§2.5.1.3): the durations add up
+            current.timestamp = timestamp
+            current.duration = event.duration
+        elif index == 0:
+            current.duration = max(current.duration, event.duration)
+        else:  # a late packet of an earlier segment: it may move the start back, never the end
+            if ts_diff(timestamp, current.start_timestamp) < 0:
+                current.start_timestamp = timestamp
+            return []
+        current.updated_ms = now_ms
+        return [self._finish("end")] if event.end else []
 
     def poll(self, now_ms: float) -> list[DtmfKey]:
         """Report the current key if no packet came for ``timeout_ms`` (its end packets were lost)."""
@@ -216,30 +237,33 @@ class TelephoneEventReceiver:
         """Whether a key is down (started and not yet reported)."""
         return self._current is not None
 
+    def _reported(self, ssrc: int, event: int, timestamp: int) -> bool:
+        """Whether a packet belongs to a key already reported: the same SSRC and event, and its
+        timestamp that key's start or another segment boundary of it."""
+        for done_ssrc, done_event, start in reversed(self._done):
+            if done_ssrc == ssrc and done_event == event and segment_index(timestamp, start) is not None:
+                return True
+        return False
+
     def _finish(self, ended_by: Literal["end", "new_event", "timeout"]) -> DtmfKey:
         current = self._current
         assert current is not None
         self._current = None
-        self._remember(current.key)
-        total = current.earlier + current.duration
+        return self._report(current, ended_by)
+
+    def _report(self, key: _Current, ended_by: Literal["end", "new_event", "timeout"]) -> DtmfKey:
+        self._done.append((key.ssrc, key.event, key.start_timestamp))
+        total = ts_diff(key.timestamp, key.start_timestamp) + key.duration
         return DtmfKey(
-            event=current.event,
-            digit=event_to_digit(current.event),
-            ssrc=current.ssrc,
-            timestamp=current.start_timestamp,
+            event=key.event,
+            digit=event_to_digit(key.event),
+            ssrc=key.ssrc,
+            timestamp=key.start_timestamp,
             duration=total,
             duration_ms=total * 1000 // self.clock_rate,
-            volume=current.volume,
+            volume=key.volume,
             ended_by=ended_by,
         )
-
-    def _remember(self, key: _Key) -> None:
-        if key in self._done_set:
-            return
-        if len(self._done) == self._done.maxlen:
-            self._done_set.discard(self._done[0])
-        self._done.append(key)
-        self._done_set.add(key)
 
 
 # Sending -------------------------------------------------------------------------------------------------
@@ -316,7 +340,8 @@ class TelephoneEventSender:
         head = self._queue[0] if self._queue else None
         self._queue.clear()
         if isinstance(head, _Tone) and head.started:
-            head.duration = min(head.duration, head.segment * MAX_DURATION + (head.ticks + 1) * self.interval)
+            # ``ticks`` counts from the start of the event, across segments
+            head.duration = min(head.duration, (head.ticks + 1) * self.interval)
             self._queue.append(head)
 
     def tick(self) -> list[RtpPacket]:
