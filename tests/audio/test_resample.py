@@ -108,6 +108,23 @@ def test_streaming_equals_one_block_whatever_the_frame_sizes(in_rate: int, out_r
     assert b"".join(parts) == whole
 
 
+@pytest.mark.parametrize(("in_rate", "out_rate"), PAIRS)
+def test_skipped_frames_keep_the_history_exactly(in_rate: int, out_rate: int) -> None:
+    rng = np.random.default_rng(in_rate * 3 + out_rate)
+    frame = 2 * in_rate // 50  # 20 ms
+    pcm = to_pcm16(rng.normal(0, 6000, in_rate // 5))  # 200 ms: ten frames
+    frames = [pcm[i : i + frame] for i in range(0, len(pcm), frame)]
+    processed, skipping = StreamingResampler(in_rate, out_rate), StreamingResampler(in_rate, out_rate)
+    for index, chunk in enumerate(frames):
+        expected = processed.process(chunk)
+        if index in (2, 3, 6):  # outputs nobody needs
+            skipping.skip(chunk)
+        else:
+            assert skipping.process(chunk) == expected
+    with pytest.raises(AudioError):
+        skipping.skip(b"\x00" * 3)
+
+
 @given(st.lists(st.integers(1, 6), min_size=1, max_size=12), st.sampled_from(PAIRS))
 @settings(max_examples=40, deadline=None)
 def test_streaming_is_split_invariant(blocks: list[int], pair: tuple[int, int]) -> None:

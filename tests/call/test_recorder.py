@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from voice.call.recorder import Recorder, _patch_wav_sizes
 from voice.errors import AudioError
@@ -291,3 +293,49 @@ def test_kill_9_leaves_a_valid_wav_with_all_but_the_last_second(tmp_path: Path) 
     # the caller tone ends at 500 ms, the agent tone spans 1000..1500 ms
     assert nonzero_span(data[: 2000 * PER_MS, 0])[1] <= 4000
     assert nonzero_span(data[:, 1]) == (8001, 12000)
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("caller"), st.integers(0, 3000), st.integers(1, 40)),
+        st.tuples(st.just("caller_next"), st.just(0), st.integers(1, 40)),
+        st.tuples(st.just("agent"), st.integers(0, 3000), st.integers(1, 40)),
+        st.tuples(st.just("agent_next"), st.just(0), st.integers(1, 40)),
+        st.tuples(st.just("truncate"), st.integers(0, 3000), st.just(0)),
+        st.tuples(st.just("flush"), st.integers(0, 3000), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+@given(_OPS, st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_gathering_runs_gives_the_same_file_as_placing_each_write(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, int, int]], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    folder = tmp_path_factory.mktemp("runs")
+    gathered = Recorder(folder / "gathered.wav", RATE, run_ms=100)
+    direct = Recorder(folder / "direct.wav", RATE, run_ms=1)  # every write placed at once
+    for kind, t_ms, length_ms in ops:
+        audio = rng.integers(-20000, 20000, length_ms * PER_MS, dtype=np.int16).tobytes()
+        for rec in (gathered, direct):
+            if kind == "caller":
+                rec.write_caller(audio, t_ms)
+            elif kind == "caller_next":
+                rec.write_caller(audio)
+            elif kind == "agent":
+                rec.write_agent(audio, t_ms)
+            elif kind == "agent_next":
+                rec.write_agent(audio)
+            elif kind == "truncate":
+                rec.truncate_agent(t_ms)
+            else:
+                rec.flush(t_ms if t_ms % 2 else None)
+        assert gathered.duration_ms == direct.duration_ms
+    assert gathered.dropped_ms == direct.dropped_ms
+    gathered.close()
+    direct.close()
+    a, _ = sf.read(folder / "gathered.wav", dtype="int16")
+    b, _ = sf.read(folder / "direct.wav", dtype="int16")
+    assert np.array_equal(a, b)

@@ -50,6 +50,7 @@ from voice.realtime.client import RealtimeConnection
 from voice.realtime.events import ServerEvent
 from voice.realtime.pricing import default_price_table
 from voice.store import CallStore
+from voice.wsprotocol import StreamingWSProtocol
 
 _NOT_LOGGED = frozenset({"input_audio_buffer.append", "response.output_audio.delta"})
 
@@ -92,12 +93,18 @@ class RecordingOpener(UpstreamOpener):
 
 
 def _instrument(conn: RealtimeConnection, log: list[LogEntry]) -> None:
-    send, recv = conn.send, conn.recv
+    send, send_nowait, recv = conn.send, conn.send_nowait, conn.recv
 
     async def logged_send(event: Any) -> None:
         if event.get("type") not in _NOT_LOGGED:
             log.append((time.monotonic(), "sent", dict(event)))
         await send(event)
+
+    def logged_send_nowait(event: Any) -> bool:
+        sent = send_nowait(event)
+        if sent and event.get("type") not in _NOT_LOGGED:
+            log.append((time.monotonic(), "sent", dict(event)))
+        return sent
 
     async def logged_recv() -> ServerEvent:
         event = await recv()
@@ -108,6 +115,7 @@ def _instrument(conn: RealtimeConnection, log: list[LogEntry]) -> None:
         return event
 
     conn.send = logged_send  # type: ignore[method-assign]
+    conn.send_nowait = logged_send_nowait  # type: ignore[method-assign]
     conn.recv = logged_recv  # type: ignore[method-assign]
 
 
@@ -182,7 +190,7 @@ class ServiceThread:
             make(settings, self.observed, pacer),
             host="127.0.0.1",
             port=port,
-            ws="websockets-sansio",
+            ws=StreamingWSProtocol,
             ws_max_size=ws_max_size(settings),
             ws_per_message_deflate=False,
             log_config=None,

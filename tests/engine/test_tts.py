@@ -115,6 +115,22 @@ def test_repeated_synthesis_is_nearly_identical(synth: Synthesizer) -> None:
     assert _rms(second) == pytest.approx(_rms(first), rel=0.05)
 
 
+def test_repeated_phrases_come_from_the_cache_within_its_bound() -> None:
+    synth = Synthesizer("en-us", 175)
+    first = synth.synthesize(BOOKING, 16000)
+    assert synth.synthesize(BOOKING, 16000) is first  # the same audio, not synthesized again
+    assert synth.synthesize(BOOKING, 8000) is not first  # another rate is another entry
+    small = Synthesizer("en-us", 175, cache_bytes=4 * len(first))
+    phrases = [f"Table number {n} is ready." for n in range(12)]
+    for phrase in phrases:
+        small.synthesize(phrase, 16000)
+    assert small._cache_bytes <= small.cache_limit
+    assert (phrases[0], 16000, False) not in small._cache  # least recently used went first
+    assert (phrases[-1], 16000, False) in small._cache
+    uncached = Synthesizer("en-us", 175, cache_bytes=0)
+    assert uncached.synthesize(BOOKING, 16000) is not uncached.synthesize(BOOKING, 16000)
+
+
 def test_sentences_stream_one_chunk_each(synth: Synthesizer) -> None:
     text = "Hello there. Your table is booked for Friday! Is there anything else?"
     chunks = list(synth.synthesize_sentences(text, 24000))
@@ -149,11 +165,11 @@ def test_threads_share_the_engine_safely() -> None:
     The four jobs differ in speaking rate and text, so a job that ran with another's settings would come out
     with a clearly different duration.
     """
-    jobs = [
-        (Synthesizer("en-us", 175), "Table for two at eight.", 16000),
-        (Synthesizer("en-gb", 140), "Could you repeat that, please?", 8000),
-        (Synthesizer("en-us", 260), "Your booking is confirmed.", 24000),
-        (Synthesizer("en-gb", 200), "Goodbye and thank you for calling.", 16000),
+    jobs = [  # no phrase cache: every round must really synthesize
+        (Synthesizer("en-us", 175, cache_bytes=0), "Table for two at eight.", 16000),
+        (Synthesizer("en-gb", 140, cache_bytes=0), "Could you repeat that, please?", 8000),
+        (Synthesizer("en-us", 260, cache_bytes=0), "Your booking is confirmed.", 24000),
+        (Synthesizer("en-gb", 200, cache_bytes=0), "Goodbye and thank you for calling.", 16000),
     ]
     expected = [s.synthesize(text, rate) for s, text, rate in jobs]
     results: dict[tuple[int, int], bytes] = {}

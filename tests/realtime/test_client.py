@@ -20,7 +20,7 @@ from tests.realtime.samples import REAL_SAMPLES
 from voice.config import Settings
 from voice.errors import ConfigError, UpstreamAuthError, UpstreamClosedError, UpstreamConnectError
 from voice.realtime.builders import input_audio_append, response_create
-from voice.realtime.client import RealtimeConnection, safe_url, upstream_target
+from voice.realtime.client import RealtimeConnection, encode_event, safe_url, upstream_target
 from voice.realtime.events import MalformedServerEvent, UnknownServerEvent
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
@@ -406,3 +406,50 @@ def test_safe_url() -> None:
         "wss://api.openai.com:443/v1/realtime"
     )
     assert safe_url("ws://[::1]:80/x?k=v") == "ws://[::1]:80/x"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        input_audio_append(b"\x00\x01\xff" * 100),
+        input_audio_append("AAE=", event_id="event_abc"),
+        input_audio_append('AA"E=', event_id="event_q"),  # not base64: escaped by json.dumps
+        {"type": "input_audio_buffer.append", "event_id": "event_\u00e9", "audio": "AAE="},
+        {"type": "input_audio_buffer.append", "event_id": "e\\1", "audio": "AA\nE="},
+        {"type": "input_audio_buffer.append", "audio": "AAE="},
+        response_create(instructions="héllo"),
+    ],
+)
+def test_encoded_events_are_the_same_json_whatever_the_path(event: dict[str, Any]) -> None:
+    text = encode_event(event)
+    assert json.loads(text) == event
+    assert ", " not in text and '": ' not in text
+
+
+async def test_send_nowait_writes_in_order_with_send_and_declines_once_closed() -> None:
+    received: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(SESSION_CREATED)
+        for _ in range(5):
+            received.append(str(await ws.recv()))
+        done.set()
+        await ws.close(1000, "bye")
+
+    async with ws_server(handler) as url:
+        conn = await RealtimeConnection.open(url)
+        async with conn:
+            await conn.wait_for_session()
+            assert conn.send_nowait(input_audio_append(b"\x01", event_id="event_1"))
+            await conn.send(input_audio_append(b"\x02", event_id="event_2"))
+            assert conn.send_nowait(input_audio_append(b"\x03", event_id="event_3"))
+            assert conn.send_nowait(input_audio_append(b"\x04", event_id="event_4"))
+            await conn.send(response_create())
+            await asyncio.wait_for(done.wait(), 5)
+            with pytest.raises(UpstreamClosedError):
+                await conn.recv()
+            assert not conn.send_nowait(input_audio_append(b"\x05"))  # closed: nothing written
+    ids = [json.loads(text).get("event_id") for text in received]
+    assert ids[:4] == ["event_1", "event_2", "event_3", "event_4"]
+    assert json.loads(received[4])["type"] == "response.create"

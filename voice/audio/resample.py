@@ -140,6 +140,20 @@ class StreamingResampler:
 
     def process(self, frame: bytes) -> bytes:
         """Convert one frame (a whole multiple of 10 ms of PCM16 at ``in_rate``) to ``out_rate``."""
+        design = self._push(frame)
+        if design is None:
+            return bytes(frame)
+        out = self._windows @ design.matrix
+        return _round_to_pcm16(out)
+
+    def skip(self, frame: bytes) -> None:
+        """Take ``frame`` into the filter history without computing its output (a frame whose output is
+        not needed, e.g. one below a VAD's level gate): the next :meth:`process` is exactly as if this
+        frame had been processed. A fraction of :meth:`process`'s cost."""
+        self._push(frame)
+
+    def _push(self, frame: bytes) -> _Polyphase | None:
+        """Check ``frame`` and append it to the filter buffer; the design, or None for equal rates."""
         count = len(frame) // 2
         if len(frame) % 2 or count % self._block or count == 0:
             raise AudioError(
@@ -148,7 +162,7 @@ class StreamingResampler:
             )
         design = self._design
         if design is None:
-            return bytes(frame)
+            return None
         if len(self._buffer) != design.history + count:
             self._resize(design, count)
         buffer = self._buffer
@@ -156,8 +170,7 @@ class StreamingResampler:
         if history:
             buffer[:history] = buffer[count:]
         buffer[history:] = np.frombuffer(frame, dtype=PCM16)
-        out = self._windows @ design.matrix
-        return _round_to_pcm16(out)
+        return design
 
     def _resize(self, design: _Polyphase, count: int) -> None:
         """Reallocate the buffer for a new frame length, keeping the filter history."""

@@ -185,7 +185,7 @@ class VadSegmenter:
     def _voiced(self, frame: bytes) -> bool:
         if rms_dbfs(samples(frame)) < self.gate_dbfs:
             if self._resampler is not None:
-                self._resampler.process(frame)  # keep the filter history continuous
+                self._resampler.skip(frame)  # keep the filter history continuous
             return False
         if self._resampler is not None:
             frame = self._resampler.process(frame)

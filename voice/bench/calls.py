@@ -36,16 +36,26 @@ import logging
 import multiprocessing as mp
 import os
 import random
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
+
+from voice.bench.common import (
+    LeanWebSocket,
+    client_frame,
+    cpu_s,
+    free_port,
+    loadavg,
+    percentile,
+    preempted,
+    rss_mb,
+    start_engine,
+)
 
 __all__ = ["run"]
 
@@ -59,51 +69,6 @@ FRAME: Final = 960
 FRAME_S: Final = 0.02
 BARGE_IN_TEXT: Final = "Excuse me, I have a question about my booking."
 ONSET_LEVEL: Final = 328  # -40 dBFS
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def _rss_mb(pid: int | str = "self") -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _preempted(pid: int | str = "self") -> int:
-    """Involuntary context switches of a process so far (the scheduler took the CPU away from it)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("nonvoluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _loadavg() -> str:
-    with open("/proc/loadavg", encoding="ascii") as fh:
-        return " ".join(fh.read().split()[:3])
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 # -- the simulated callers (run in their own process) -------------------------------------------------------
@@ -231,70 +196,28 @@ class _Caller:
             await asyncio.sleep(0.5)
 
 
-class _LeanCaller(asyncio.Protocol):
-    """A simulated page written straight on a TCP transport, so that a hundred of them cost the caller
-    process little CPU (the callers share this machine's two cores with the service and the engine).
-
-    The WebSocket framing is done by hand (RFC 6455 §5.2): client frames are masked with an all-zero key,
-    which leaves the payload unchanged, so the 20 ms silence frame is one prebuilt byte string. It answers
-    pings, reports playback every 100 ms, answers ``clear`` with a report, and presses "2" two seconds after
-    each agent turn.
+class _LeanCaller(LeanWebSocket):
+    """A simulated page on :class:`~voice.bench.common.LeanWebSocket`, so that a hundred of them cost the
+    caller process little CPU (the callers share this machine's two cores with the service and the engine).
+    The 20 ms silence frame is one prebuilt byte string. It reports playback every 100 ms, answers ``clear``
+    with a report, and presses "2" two seconds after each agent turn.
     """
 
     _SILENCE: bytes = b""
 
     def __init__(self, host: str, port: int, path: str) -> None:
-        self.request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode("ascii")
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.upgraded = False
-        self.ready = asyncio.get_running_loop().create_future()
+        super().__init__(host, port, path)
         self.item = ""
         self.item_frames = 0
         self.frames = 0
-        self.errors: list[str] = []
-        self.closed = False
         if not _LeanCaller._SILENCE:
-            _LeanCaller._SILENCE = _client_frame(2, bytes(FRAME))
+            _LeanCaller._SILENCE = client_frame(2, bytes(FRAME))
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"connection lost: {exc}"))
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.upgraded:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.buf.startswith(b"HTTP/1.1 101"):
-                self.errors.append(bytes(self.buf[:40]).decode("latin-1"))
-                self.ready.set_exception(ConnectionError("upgrade refused"))
-                return
-            del self.buf[: end + 4]
-            self.upgraded = True
-        while True:
-            frame = _parse_frame(self.buf)
-            if frame is None:
-                return
-            opcode, payload = frame
-            if opcode == 2:
-                self._on_audio()
-            elif opcode == 1:
-                self._on_json(json.loads(payload))
-            elif opcode == 9:
-                self._send(10, payload)
-            elif opcode == 8:
-                self.closed = True
+    def on_message(self, opcode: int, payload: bytes) -> None:
+        if opcode == 2:
+            self._on_audio()
+        else:
+            self._on_json(json.loads(payload))
 
     def _on_audio(self) -> None:
         self.frames += 1
@@ -307,77 +230,29 @@ class _LeanCaller(asyncio.Protocol):
 
     def _on_json(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        if kind == "call.started" and not self.ready.done():
-            self.ready.set_result(None)
+        if kind == "call.started":
+            self.set_ready()
         elif kind == "agent.item":
             self.item = str(msg["item_id"])
             self.item_frames = 0
         elif kind == "clear" and self.item:
             self._report()
         elif kind == "transcript.done" and msg.get("role") == "agent":
-            asyncio.get_running_loop().call_later(
-                KEY_DELAY_S, self._send_json, {"type": "dtmf", "digit": "2"}
-            )
+            self.loop.call_later(KEY_DELAY_S, self._send_json, {"type": "dtmf", "digit": "2"})
         elif kind == "error":
             self.errors.append(f"{msg.get('code')}: {msg.get('message')}")
 
     def _send_json(self, msg: dict[str, Any]) -> None:
-        self._send(1, json.dumps(msg).encode())
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        if self.transport is not None and not self.closed and not self.transport.is_closing():
-            self.transport.write(_client_frame(opcode, payload))
+        self.send(1, json.dumps(msg).encode())
 
     def tick(self) -> None:
         """One 20 ms frame of microphone audio (silence)."""
-        if (
-            self.upgraded
-            and self.transport is not None
-            and not self.closed
-            and not self.transport.is_closing()
-        ):
+        if self.writable and self.transport is not None:
             self.transport.write(self._SILENCE)
 
     def hangup(self) -> None:
         self._send_json({"type": "hangup"})
-        if self.transport is not None:
-            asyncio.get_running_loop().call_later(0.5, self.transport.close)
-
-
-def _client_frame(opcode: int, payload: bytes) -> bytes:
-    """A final, masked client frame with the all-zero masking key (RFC 6455 §5.2, §5.3)."""
-    n = len(payload)
-    if n < 126:
-        header = bytes([0x80 | opcode, 0x80 | n])
-    elif n < 65536:
-        header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
-    return header + b"\x00\x00\x00\x00" + payload
-
-
-def _parse_frame(buf: bytearray) -> tuple[int, bytes] | None:
-    """Take one unmasked server frame off ``buf``: (opcode, payload), or None if incomplete."""
-    if len(buf) < 2:
-        return None
-    opcode = buf[0] & 0x0F
-    n = buf[1] & 0x7F
-    offset = 2
-    if n == 126:
-        if len(buf) < 4:
-            return None
-        n = int.from_bytes(buf[2:4], "big")
-        offset = 4
-    elif n == 127:
-        if len(buf) < 10:
-            return None
-        n = int.from_bytes(buf[2:10], "big")
-        offset = 10
-    if len(buf) < offset + n:
-        return None
-    payload = bytes(buf[offset : offset + n])
-    del buf[: offset + n]
-    return opcode, payload
+        self.close_later()
 
 
 async def _lean_callers(url: str, n: int, conn: Connection) -> None:
@@ -486,25 +361,6 @@ def _caller_process(mode: str, url: str, n: int, conn: Connection) -> None:
 # -- the service (this process) -----------------------------------------------------------------------------
 
 
-def _start_engine(port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voice", "engine", "--host", "127.0.0.1", "--port", str(port), "--no-asr",
-             "--log-level", "warning"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the engine exited early; see {log_path}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return proc
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the engine did not start")
-
-
 async def _recv(conn: Connection, limit_s: float) -> Any:
     loop = asyncio.get_running_loop()
     if not await loop.run_in_executor(None, conn.poll, limit_s):
@@ -516,7 +372,7 @@ async def _round(mode: str, url: str, n: int, service: Any, engine_pid: int) -> 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_caller_process, args=(mode, url, n, child), daemon=True)
-    rss0, engine_rss0 = _rss_mb(), _rss_mb(engine_pid)
+    rss0, engine_rss0 = rss_mb(), rss_mb(engine_pid)
     proc.start()
     try:
         _, connected, ramp_s = await _recv(parent, 60)
@@ -525,15 +381,15 @@ async def _round(mode: str, url: str, n: int, service: Any, engine_pid: int) -> 
             await asyncio.sleep(SETTLE_S)
             pacer = service.pacer
             ticks0, late0 = pacer.ticks, pacer.late_ticks
-            cpu0, engine_cpu0, t0 = time.process_time(), _cpu_s(engine_pid), time.monotonic()
-            callers_cpu0 = _cpu_s(proc.pid) if proc.pid is not None else 0.0
-            preempted0 = _preempted()
+            cpu0, engine_cpu0, t0 = time.process_time(), cpu_s(engine_pid), time.monotonic()
+            callers_cpu0 = cpu_s(proc.pid) if proc.pid is not None else 0.0
+            preempted0 = preempted()
             live = len(service.manager.live())
             await asyncio.sleep(WINDOW_S)
             elapsed = time.monotonic() - t0
-            cpu, engine_cpu = time.process_time() - cpu0, _cpu_s(engine_pid) - engine_cpu0
-            callers_cpu = (_cpu_s(proc.pid) if proc.pid is not None else 0.0) - callers_cpu0
-            preempted = _preempted() - preempted0
+            cpu, engine_cpu = time.process_time() - cpu0, cpu_s(engine_pid) - engine_cpu0
+            callers_cpu = (cpu_s(proc.pid) if proc.pid is not None else 0.0) - callers_cpu0
+            switches = preempted() - preempted0
             ticks = pacer.ticks - ticks0
             lateness = list(pacer.recent_lateness_ms)[-ticks:] if ticks else []
             result |= {
@@ -543,12 +399,12 @@ async def _round(mode: str, url: str, n: int, service: Any, engine_pid: int) -> 
                 "service_cpu_pct": 100 * cpu / elapsed,
                 "engine_cpu_pct": 100 * engine_cpu / elapsed,
                 "callers_cpu_pct": 100 * callers_cpu / elapsed,
-                "preempted_per_s": preempted / elapsed,
-                "loadavg": _loadavg(),
-                "mem_mb_per_call": (_rss_mb() - rss0) / n,
-                "engine_mem_mb_per_call": (_rss_mb(engine_pid) - engine_rss0) / n,
-                "p50_ms": _percentile(lateness, 0.5),
-                "p99_ms": _percentile(lateness, 0.99),
+                "preempted_per_s": switches / elapsed,
+                "loadavg": loadavg(),
+                "mem_mb_per_call": (rss_mb() - rss0) / n,
+                "engine_mem_mb_per_call": (rss_mb(engine_pid) - engine_rss0) / n,
+                "p50_ms": percentile(lateness, 0.5),
+                "p99_ms": percentile(lateness, 0.99),
                 "max_ms": max(lateness, default=float("nan")),
                 "late": pacer.late_ticks - late0,
                 "ticks": ticks,
@@ -575,14 +431,15 @@ async def _bench() -> None:
     from voice.config import Settings
     from voice.logs import configure_logging
     from voice.server import create_app
+    from voice.wsprotocol import StreamingWSProtocol
 
     configure_logging("error")
     for name in ("uvicorn", "uvicorn.error", "websockets"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="voice-bench-") as tmp:
         home = Path(tmp)
-        engine_port, port = _free_port(), _free_port()
-        engine = _start_engine(engine_port, home / "engine.log")
+        engine_port, port = free_port(), free_port()
+        engine = start_engine(engine_port, home / "engine.log")
         settings = Settings(
             host="127.0.0.1",
             port=port,
@@ -598,7 +455,7 @@ async def _bench() -> None:
         tune_gc()  # what the service should do once it has started (see voice.call.pacer.tune_gc)
         service = app.state.service
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, ws="websockets-sansio", ws_per_message_deflate=False,
+            app, host="127.0.0.1", port=port, ws=StreamingWSProtocol, ws_per_message_deflate=False,
             log_config=None, access_log=False, lifespan="on", log_level="error",
         )  # fmt: skip
         server = uvicorn.Server(config)
@@ -620,7 +477,7 @@ async def _bench() -> None:
                 f"({len(lat)} barge-ins)"
             )
             if lat:
-                p95 = _percentile(lat, 0.95)
+                p95 = percentile(lat, 0.95)
                 print(
                     f"  median {statistics.median(lat):.0f} ms  p95 {p95:.0f} ms  min {min(lat):.0f} ms  "
                     f"max {max(lat):.0f} ms   target p95 <= 150 ms: {'meets' if p95 <= 150 else 'MISSES'}"

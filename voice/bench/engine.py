@@ -14,7 +14,6 @@ import asyncio
 import base64
 import json
 import logging
-import socket
 import statistics
 import time
 from typing import Any, Final
@@ -22,6 +21,7 @@ from typing import Any, Final
 import uvicorn
 from websockets.asyncio.client import connect
 
+from voice.bench.common import free_port, percentile
 from voice.config import Settings
 from voice.engine.server import create_app, uvicorn_config
 from voice.engine.services import EngineServices
@@ -35,19 +35,6 @@ UTTERANCE_MS: Final = 3000
 """The utterance is padded with silence to at least this length (it is about 2.8 s of speech)."""
 SILENCE_MS: Final = 1000
 CHUNK: Final = 960  # 20 ms of 24 kHz PCM16
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def _utterance(services: EngineServices) -> bytes:
@@ -88,7 +75,7 @@ async def _bench() -> None:
     settings.engine.asr = True
     services = EngineServices(settings)
     app = create_app(settings, services=services)
-    port = _free_port()
+    port = free_port()
     config = uvicorn_config(settings, "127.0.0.1", port, app)
     config.log_level = "warning"
     server = uvicorn.Server(config)
@@ -123,7 +110,7 @@ async def _bench() -> None:
     rows += [(f"  stage: {name}", values) for name, values in sorted(stages.items())]
     for name, values in rows:
         print(
-            f"{name:<44}{statistics.median(values):>8.0f}ms{_percentile(values, 0.95):>8.0f}ms"
+            f"{name:<44}{statistics.median(values):>8.0f}ms{percentile(values, 0.95):>8.0f}ms"
             f"{min(values):>8.0f}ms{max(values):>8.0f}ms"
         )
     verdict = "meets" if statistics.median(ms) <= 1000 else "MISSES"

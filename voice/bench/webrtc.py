@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import random
-import socket
 import sys
 import tempfile
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
+
+from voice.bench.common import free_port, percentile
 
 __all__ = ["run"]
 
@@ -45,20 +46,6 @@ LATE_LIMIT_MS: Final = 20.0
 BUDGET_S: Final = 110.0
 QUESTION: Final = "What are your opening hours?"
 SAY_EVERY_S: Final = 6.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _rss_mb() -> float:
@@ -197,10 +184,10 @@ async def _step(app: Any, base: str, calls: int, rss_idle: float) -> _Step:
         step.connected = max(step.connected, len(service.manager.live()))
         step.cpu_pct = 100 * (cpu1 - cpu0) / (t1 - t0)
         step.mem_mb = _rss_mb() - rss_idle
-        step.pacer_p99 = _percentile(recent, 0.99)
+        step.pacer_p99 = percentile(recent, 0.99)
         step.pacer_max = max(recent, default=0.0)
         track = [ms for leg in legs for ms in leg.output_track.lateness_ms]
-        step.track_p99 = _percentile(track, 0.99)
+        step.track_p99 = percentile(track, 0.99)
         await asyncio.wait_for(proc.wait(), hold + 60)
         step.caller_cpu_pct = 100 * (_child_cpu_s() - child0) / (time.monotonic() - t0)
     finally:
@@ -228,7 +215,7 @@ async def _bench() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="voice-bench-webrtc-") as tmp:
-        port = _free_port()
+        port = free_port()
         settings = Settings.model_validate(
             {
                 "host": "127.0.0.1",

@@ -6,10 +6,10 @@ local VAD only *pauses* playout; the call core turns a pause into a real barge-i
 within a short window, and resumes where it stopped otherwise (:class:`PauseWindow`: a cough is not a turn).
 
 :class:`CallerSpeechDetector` frames caller audio in 20 ms, decodes it to PCM16 (G.711 decode at 8 kHz for
-phone codecs; 24 kHz -> 16 kHz with the low-delay streaming resampler for ``pcm16_24k``: webrtcvad does not
-take 24 kHz) and runs the VAD. A frame *counts* as caller speech when the VAD says speech, its level is at
-least ``min_level_dbfs`` (line noise the VAD may flag is ignored), and, while the agent is audible (a frame
-was played in the last ``echo_tail_ms``), it passes the **echo guard**.
+phone codecs; ``pcm16_24k`` decimated to 8 kHz: webrtcvad does not take 24 kHz) and runs the VAD. The level
+gate comes first, so a quiet line costs one RMS per frame. A frame *counts* as caller speech when the VAD
+says speech, its level is at least ``min_level_dbfs`` (line noise the VAD may flag is ignored), and, while
+the agent is audible (a frame was played in the last ``echo_tail_ms``), it passes the **echo guard**.
 
 Echo guard ("compare with what was just played", DESIGN.md): a line that returns the agent's voice returns a
 delayed, attenuated and somewhat filtered copy of it. The detector keeps the last ``echo_tail_ms`` (+ the
@@ -21,8 +21,9 @@ through µ-law, 0.82-0.93 through a short dispersive hybrid-like filter), while 
 the echo, correlates far less (median about 0.5 against unrelated speech of the same synthetic voice). A frame
 counts only if the similarity is below ``echo_similarity`` (0.8). Levels alone cannot separate the two: an
 echo 10 dB down and a caller at the agent's level overlap frame by frame, because speech levels swing by
-20 dB. All analysis is at 8 kHz (24 kHz legs are resampled with the streaming resampler); one check costs
-about 0.2 ms and only runs on voiced caller frames while the agent is audible.
+20 dB. All analysis is at 8 kHz (24 kHz legs decimated by three); the histories are kept as raw leg frames
+and decoded only for a check, which costs about 0.2 ms and only runs on voiced caller frames while the
+agent is audible.
 
 Speech onset is ``min_speech_ms`` (60 ms) of consecutive counting frames; it is reported once per run.
 
@@ -32,15 +33,16 @@ Pure: times are the call clock ``now_ms`` passed in.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from bridges.base import AudioCodec, frame_bytes
 from voice.audio.g711 import alaw_decode, ulaw_decode
 from voice.audio.pcm import rms_dbfs
-from voice.audio.resample import StreamingResampler
 from voice.audio.vad import Vad
 
 
@@ -68,32 +70,43 @@ _ANALYSIS_RATE: Final = 8000
 _SILENT_ENERGY: Final = 160 * 10.0**2  # below about -70 dBFS per sample: no meaningful correlation
 
 
+def _decimate_24k_to_8k(pcm16: bytes) -> npt.NDArray[np.float64]:
+    """PCM16 at 24 kHz -> float samples at 8 kHz: the mean of each three samples.
+
+    Analysis only (VAD and echo guard): a 3-tap box filter leaves some aliasing from 4-12 kHz, which a VAD
+    tolerates, and the echo guard compares caller and agent audio through the same filter. It costs one
+    reshape and one mean per frame, against two polyphase filters per frame for the streaming resampler.
+    """
+    samples = np.frombuffer(pcm16[: len(pcm16) // 6 * 6], dtype="<i2")
+    means: npt.NDArray[np.float64] = samples.reshape(-1, 3).mean(axis=1)
+    return means
+
+
 class _Decoder:
-    """Leg frames -> PCM16 for the VAD (8 kHz G.711, 16 kHz for PCM 24 kHz) and 8 kHz for the echo guard."""
+    """Leg audio -> PCM16 at 8 kHz for the VAD and the echo guard (G.711 decode; 24 kHz PCM decimated)."""
 
     def __init__(self, codec: AudioCodec) -> None:
         self.codec = codec
-        wide = codec == "pcm16_24k"
-        self.vad_rate = 16000 if wide else _ANALYSIS_RATE
-        self._to_vad = StreamingResampler(24000, 16000) if wide else None
-        self._caller_to_8k = StreamingResampler(24000, _ANALYSIS_RATE) if wide else None
-        self._agent_to_8k = StreamingResampler(24000, _ANALYSIS_RATE) if wide else None
+        self.wide = codec == "pcm16_24k"
+        self.vad_rate = _ANALYSIS_RATE
 
-    def _g711(self, frame: bytes) -> bytes:
-        return ulaw_decode(frame) if self.codec == "pcmu" else alaw_decode(frame)
+    def pcm16(self, audio: bytes) -> bytes:
+        """Leg audio -> PCM16 at the leg's own rate (G.711 decoded; PCM passes through)."""
+        if self.wide:
+            return audio
+        return ulaw_decode(audio) if self.codec == "pcmu" else alaw_decode(audio)
 
-    def caller(self, frame: bytes) -> tuple[bytes, bytes]:
-        """One 20 ms caller frame -> (PCM16 at :attr:`vad_rate`, PCM16 at 8 kHz)."""
-        if self._to_vad is None or self._caller_to_8k is None:
-            pcm = self._g711(frame)
-            return pcm, pcm
-        return self._to_vad.process(frame), self._caller_to_8k.process(frame)
+    def analysis(self, pcm16: bytes) -> npt.NDArray[np.float64]:
+        """PCM16 at the leg's rate (:meth:`pcm16`) -> float samples at 8 kHz."""
+        if self.wide:
+            return _decimate_24k_to_8k(pcm16)
+        return np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
 
-    def agent(self, frame: bytes) -> bytes:
-        """One 20 ms agent frame -> PCM16 at 8 kHz."""
-        if self._agent_to_8k is None:
-            return self._g711(frame)
-        return self._agent_to_8k.process(frame)
+    def vad_frame(self, pcm16: bytes) -> bytes:
+        """PCM16 at the leg's rate -> a PCM16 frame at :attr:`vad_rate`."""
+        if self.wide:
+            return _decimate_24k_to_8k(pcm16).astype("<i2").tobytes()
+        return pcm16
 
 
 class CallerSpeechDetector:
@@ -121,8 +134,10 @@ class CallerSpeechDetector:
         self.echo_tail_ms = echo_tail_ms
         self._window = _ANALYSIS_RATE * echo_window_ms // 1000
         self._history_len = _ANALYSIS_RATE * (echo_tail_ms + echo_window_ms) // 1000
-        self._agent = np.zeros(0)
-        self._caller = np.zeros(self._window)
+        # Raw leg frames, decoded only when the echo guard runs (a voiced caller frame while the agent is
+        # audible): most frames of a call never need the analysis.
+        self._agent: deque[bytes] = deque(maxlen=math.ceil((echo_tail_ms + echo_window_ms) / 20) + 1)
+        self._caller: deque[bytes] = deque(maxlen=math.ceil(echo_window_ms / 20))
         self._last_agent_ms: int | None = None
         self._run = 0
         self.last_level_dbfs = -math.inf
@@ -140,8 +155,7 @@ class CallerSpeechDetector:
 
     def agent_played(self, frame: bytes, now_ms: int) -> None:
         """Remember an agent frame handed to the leg at ``now_ms`` (the echo reference)."""
-        pcm = np.frombuffer(self._decoder.agent(frame), dtype="<i2").astype(np.float64)
-        self._agent = np.concatenate((self._agent, pcm))[-self._history_len :]
+        self._agent.append(frame)
         self._last_agent_ms = now_ms
 
     def push(self, audio: bytes, now_ms: int) -> bool:
@@ -165,9 +179,10 @@ class CallerSpeechDetector:
 
     def echo_score(self) -> float:
         """Max normalised cross-correlation of the last caller window with the agent history (0..1)."""
-        x = self._caller
+        decoder = self._decoder
+        x = decoder.analysis(decoder.pcm16(b"".join(self._caller)))[-self._window :]
         ex = float(np.dot(x, x))
-        y = self._agent
+        y = decoder.analysis(decoder.pcm16(b"".join(self._agent)))[-self._history_len :]
         if ex <= _SILENT_ENERGY or len(y) < len(x):
             return 0.0
         corr = np.correlate(y, x, "valid")
@@ -180,13 +195,12 @@ class CallerSpeechDetector:
         return float(min(1.0, scores.max()))
 
     def _frame_counts(self, frame: bytes, now_ms: int) -> bool:
-        vad_pcm, pcm8 = self._decoder.caller(frame)
-        samples8 = np.frombuffer(pcm8, dtype="<i2").astype(np.float64)
-        self._caller = np.concatenate((self._caller, samples8))[-self._window :]
-        level = pcm16_level(vad_pcm)
+        self._caller.append(frame)
+        pcm = self._decoder.pcm16(frame)
+        level = pcm16_level(pcm)
         self.last_level_dbfs = level
         self.last_similarity = None
-        if level < self.min_level_dbfs or not self._vad.is_speech(vad_pcm):
+        if level < self.min_level_dbfs or not self._vad.is_speech(self._decoder.vad_frame(pcm)):
             return False
         if not self.agent_audible(now_ms):
             return True

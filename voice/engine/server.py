@@ -29,6 +29,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from voice import __version__
+from voice.call.pacer import tune_gc
 from voice.config import Settings
 from voice.engine.connection import EngineConnection
 from voice.engine.responder import make_responder
@@ -37,6 +38,7 @@ from voice.engine.session import EngineSession
 from voice.engine.status import render_status
 from voice.errors import ConfigError, RealtimeError
 from voice.logs import get_logger
+from voice.wsprotocol import StreamingWSProtocol
 
 __all__ = ["DEFAULT_MODEL", "create_app", "realtime_endpoint", "serve", "ws_max_size"]
 
@@ -128,6 +130,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if warm_up:
             await asyncio.to_thread(engine.warm_up)
+        tune_gc()  # audio is streamed in real time: no long collection pauses (voice.call.pacer.tune_gc)
         try:
             yield
         finally:
@@ -150,7 +153,7 @@ def uvicorn_config(settings: Settings, host: str, port: int, app: Starlette | No
         app if app is not None else create_app(settings),
         host=host,
         port=port,
-        ws="websockets-sansio",
+        ws=StreamingWSProtocol,
         ws_max_size=ws_max_size(settings),
         ws_per_message_deflate=False,
         log_config=None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from math import gcd
 from pathlib import Path
@@ -176,6 +177,10 @@ class _Espeak:
 
 
 _LOCK = threading.Lock()
+
+CACHE_BYTES: Final = 32 * 1024 * 1024
+"""Synthesized audio kept per :class:`Synthesizer` for phrases spoken again (scripted agents repeat their
+greeting and answers on every call): least recently used first out beyond this many bytes."""
 _ENGINE: _Espeak | None = None
 
 
@@ -226,7 +231,9 @@ class Synthesizer:
     so a bad configuration fails at startup rather than on the first response.
     """
 
-    def __init__(self, voice: str = "en-us", words_per_minute: int = 175) -> None:
+    def __init__(
+        self, voice: str = "en-us", words_per_minute: int = 175, *, cache_bytes: int = CACHE_BYTES
+    ) -> None:
         if not MIN_WORDS_PER_MINUTE <= words_per_minute <= MAX_WORDS_PER_MINUTE:
             raise SpeechError(
                 f"words_per_minute must be in {MIN_WORDS_PER_MINUTE}..{MAX_WORDS_PER_MINUTE}, "
@@ -234,6 +241,11 @@ class Synthesizer:
             )
         self.voice = voice
         self.words_per_minute = words_per_minute
+        self._cache: OrderedDict[tuple[str, int, bool], bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self.cache_limit = max(0, cache_bytes)
+        """Bytes of synthesized audio kept for repeated phrases (0: no cache)."""
+        self._cache_lock = threading.Lock()
         with _LOCK:
             engine = _engine()
             engine.configure(voice, words_per_minute)
@@ -266,8 +278,28 @@ class Synthesizer:
         clean = text.replace("\x00", " ").strip()
         if not clean:
             return b""
+        key = (clean, sample_rate, end_pause)
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
         with _LOCK:
             engine = _engine()
             engine.configure(self.voice, self.words_per_minute)
             pcm = engine.synth(clean, end_pause=end_pause)
-        return _resample(pcm, self._native_rate, sample_rate)
+        audio = _resample(pcm, self._native_rate, sample_rate)
+        self._remember(key, audio)
+        return audio
+
+    def _remember(self, key: tuple[str, int, bool], audio: bytes) -> None:
+        if len(audio) > self.cache_limit // 4:
+            return  # a long text is unlikely to come back word for word
+        with self._cache_lock:
+            if key in self._cache:
+                return
+            self._cache[key] = audio
+            self._cache_bytes += len(audio)
+            while self._cache_bytes > self.cache_limit:
+                _, dropped = self._cache.popitem(last=False)
+                self._cache_bytes -= len(dropped)

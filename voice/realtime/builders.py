@@ -47,7 +47,8 @@ def input_audio_append(audio: bytes | str, *, event_id: str | None = None) -> Ev
     ``audio/pcmu`` and passes through unchanged.
     """
     b64 = base64.b64encode(audio).decode("ascii") if isinstance(audio, bytes | bytearray) else audio
-    return _event("input_audio_buffer.append", event_id, audio=b64)
+    # Built directly: one of these goes upstream for every 20 ms of caller audio.
+    return {"type": "input_audio_buffer.append", "event_id": event_id or new_event_id(), "audio": b64}
 
 
 def input_audio_commit(*, event_id: str | None = None) -> Event:

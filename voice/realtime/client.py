@@ -39,6 +39,7 @@ import structlog
 from openai.types.realtime import RealtimeErrorEvent, SessionCreatedEvent
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from voice.config import Settings
 from voice.errors import (
@@ -62,6 +63,12 @@ AUTH_CLOSE_CODE: Final = 3000
 """OpenAI closes with 3000 after an authentication ``error`` (live capture, see the module docstring)."""
 
 AUTH_ERROR_CODES: Final = frozenset({"invalid_api_key", "invalid_authentication", "missing_api_key"})
+
+SEND_NOWAIT_LIMIT: Final = 256 * 1024
+"""Above this many bytes waiting in the socket's write buffer, :meth:`RealtimeConnection.send_nowait` declines
+(the caller falls back to :meth:`RealtimeConnection.send`, which waits for the buffer to drain)."""
+
+_APPEND_HEAD: Final = '{"type":"input_audio_buffer.append","event_id":"'
 
 _MALFORMED_LOG_FIRST = 20
 _MALFORMED_LOG_EVERY = 1000
@@ -108,6 +115,30 @@ def _error_message(body: bytes | None) -> str:
         if isinstance(err, str):
             return err[:300]
     return text.strip()[:300]
+
+
+def _json_safe(text: str) -> bool:
+    """``text`` can go between JSON quotes as it is (printable ASCII, no quote or backslash)."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def encode_event(event: Mapping[str, Any]) -> str:
+    """A client event as compact JSON text.
+
+    ``input_audio_buffer.append`` (one per 20 ms of caller audio, the bulk of what a call sends) is
+    formatted directly when its id and base64 audio need no escaping; everything else goes through
+    :func:`json.dumps`. Both give the same JSON value.
+    """
+    if event.get("type") == "input_audio_buffer.append" and len(event) == 3:
+        event_id, audio = event.get("event_id"), event.get("audio")
+        if (
+            isinstance(event_id, str)
+            and isinstance(audio, str)
+            and _json_safe(event_id)
+            and _json_safe(audio)
+        ):
+            return f'{_APPEND_HEAD}{event_id}","audio":"{audio}"}}'
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 def _closed_error(exc: ConnectionClosed) -> UpstreamClosedError:
@@ -197,12 +228,29 @@ class RealtimeConnection:
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """Send one client event as a compact JSON text frame; :class:`UpstreamClosedError` if closed."""
-        data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        data = encode_event(event)
         try:
             await self._ws.send(data)
         except ConnectionClosed as exc:
             self.closed_error = self.closed_error or _closed_error(exc)
             raise self.closed_error from None
+
+    def send_nowait(self, event: Mapping[str, Any]) -> bool:
+        """Send one client event now, without a task switch, when that cannot block: the connection is
+        open and less than :data:`SEND_NOWAIT_LIMIT` bytes wait in its write buffer. ``True`` when the frame
+        was written to the socket; ``False`` means nothing was sent (use :meth:`send`, which waits for the
+        buffer to drain, or raises :class:`UpstreamClosedError`).
+
+        The per-frame path of a call: the awaitable :meth:`send` costs a write lock, a context manager and
+        a flow-control check for every 20 ms of audio. Safe alongside :meth:`send` in the same event loop
+        (a frame is written whole before either returns; this client never fragments messages).
+        """
+        ws = self._ws
+        if ws.protocol.state is not State.OPEN or ws.transport.get_write_buffer_size() > SEND_NOWAIT_LIMIT:
+            return False
+        ws.protocol.send_text(encode_event(event).encode())
+        ws.send_data()
+        return True
 
     async def recv(self) -> ServerEvent:
         """The next server event. Raises :class:`UpstreamClosedError` once the connection has closed."""

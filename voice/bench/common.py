@@ -1,0 +1,220 @@
+"""What the benchmark parts share: ports, percentiles, ``/proc`` readings, the engine process, and the
+hand-made WebSocket framing of the lean simulated callers.
+
+Lean callers write RFC 6455 frames straight on a TCP transport (§5.2): client frames are masked with an
+all-zero key, which leaves the payload unchanged, so a caller costs its process little CPU. The callers
+stand for browsers and Twilio on other machines; on the benchmark's two cores they must not take the CPU
+from the service they measure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = [
+    "LeanWebSocket",
+    "client_frame",
+    "cpu_s",
+    "free_port",
+    "loadavg",
+    "parse_frame",
+    "percentile",
+    "preempted",
+    "rss_mb",
+    "start_engine",
+]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) of ``values``; NaN when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _status_field(pid: int | str, name: str) -> int | None:
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(name):
+                return int(line.split()[1])
+    return None
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of process ``pid`` in MiB."""
+    kb = _status_field(pid, "VmRSS:")
+    return kb / 1024 if kb is not None else float("nan")
+
+
+def preempted(pid: int | str = "self") -> int:
+    """Involuntary context switches of a process so far (the scheduler took the CPU away from it)."""
+    return _status_field(pid, "nonvoluntary_ctxt_switches:") or 0
+
+
+def loadavg() -> str:
+    """The machine's 1, 5 and 15 minute load averages."""
+    with open("/proc/loadavg", encoding="ascii") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def cpu_s(pid: int | str = "self") -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def start_engine(port: int, log_path: Path, *, nice: int = 0) -> subprocess.Popen[bytes]:
+    """``voice engine --no-asr`` (recognition off) on 127.0.0.1:``port``, once it accepts connections."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    command = [sys.executable, "-m", "voice", "engine", "--host", "127.0.0.1", "--port", str(port),
+               "--no-asr", "--log-level", "warning"]  # fmt: skip
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the engine exited early; see {log_path}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the engine did not start")
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A final, masked client frame with the all-zero masking key (RFC 6455 §5.2, §5.3)."""
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 65536:
+        header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    return header + b"\x00\x00\x00\x00" + payload
+
+
+def parse_frame(buf: bytearray) -> tuple[int, bytes] | None:
+    """Take one unmasked server frame off ``buf``: (opcode, payload), or None if incomplete."""
+    if len(buf) < 2:
+        return None
+    opcode = buf[0] & 0x0F
+    n = buf[1] & 0x7F
+    offset = 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n = int.from_bytes(buf[2:4], "big")
+        offset = 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n = int.from_bytes(buf[2:10], "big")
+        offset = 10
+    if len(buf) < offset + n:
+        return None
+    payload = bytes(buf[offset : offset + n])
+    del buf[: offset + n]
+    return opcode, payload
+
+
+class LeanWebSocket(asyncio.Protocol):
+    """A WebSocket client written straight on a TCP transport (see the module docstring): it sends the
+    upgrade request, checks the ``101``, answers pings, and hands every text or binary message to
+    :meth:`on_message`. :attr:`ready` completes when a subclass says the peer is ready (:meth:`set_ready`),
+    or fails when the upgrade is refused or the connection drops first."""
+
+    def __init__(self, host: str, port: int, path: str, headers: dict[str, str] | None = None) -> None:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        ).encode("ascii")
+        self.loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.upgraded = False
+        self.closed = False
+        self.errors: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.upgraded:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.buf.startswith(b"HTTP/1.1 101"):
+                self.errors.append(bytes(self.buf[:40]).decode("latin-1"))
+                if not self.ready.done():
+                    self.ready.set_exception(ConnectionError("upgrade refused"))
+                return
+            del self.buf[: end + 4]
+            self.upgraded = True
+            self.on_open()
+        while (frame := parse_frame(self.buf)) is not None:
+            opcode, payload = frame
+            if opcode in (1, 2):
+                self.on_message(opcode, payload)
+            elif opcode == 9:
+                self.send(10, payload)
+            elif opcode == 8:
+                self.closed = True
+
+    def set_ready(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    @property
+    def writable(self) -> bool:
+        return (
+            self.upgraded
+            and self.transport is not None
+            and not self.closed
+            and not self.transport.is_closing()
+        )
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        """One frame (``1`` text, ``2`` binary, ``10`` pong), unless the connection is gone."""
+        if self.transport is not None and not self.closed and not self.transport.is_closing():
+            self.transport.write(client_frame(opcode, payload))
+
+    def close_later(self, delay_s: float = 0.5) -> None:
+        if self.transport is not None:
+            self.loop.call_later(delay_s, self.transport.close)
+
+    def on_open(self) -> None:
+        """The upgrade succeeded (send the first messages here)."""
+
+    def on_message(self, opcode: int, payload: bytes) -> None:
+        """A text (``1``) or binary (``2``) message from the server."""
