@@ -17,6 +17,16 @@ Three checks, all pure functions over request facts (client address, headers) so
 
 :func:`check_browser` combines them for ``/ws/browser``: open mode (no token) only for loopback clients when
 ``settings.browser_open_on_loopback`` is on.
+
+**Single use** (:func:`spend`): a token starts one call. Once a call has been admitted with it, its ``jti``
+is recorded until the token expires, and a second call with the same token is refused (``token_used``).
+Checking a token does not spend it (``GET /webrtc/config`` and a busy answer leave it usable); starting the
+call does. The record of spent ids is the call database (:meth:`voice.store.CallStore.claim_token`), not
+process memory: a token may live up to :data:`MAX_TOKEN_TTL_S` and, with a configured ``token_secret``,
+stays valid across restarts, so an in-memory set would re-open every unexpired token to replay after each
+crash or deploy. One service owns its database (:func:`voice.server.database_lock`), the claim is a single
+``INSERT`` on a primary key (the first of two simultaneous uses wins, the other is refused), and ids are
+deleted once their token has expired, so the table holds at most the tokens spent within one TTL.
 """
 
 from __future__ import annotations
@@ -31,16 +41,18 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
 from voice.errors import VoiceError
 
 __all__ = [
+    "MAX_JTI_CHARS",
     "MAX_TOKEN_TTL_S",
     "TOKEN_VERSION",
     "AuthError",
     "BrowserGrant",
+    "SpentTokens",
     "bearer_token",
     "check_browser",
     "check_operator",
@@ -49,6 +61,7 @@ __all__ = [
     "mint",
     "normalize_origin",
     "origin_allowed",
+    "spend",
     "verify",
 ]
 
@@ -56,6 +69,7 @@ TOKEN_VERSION: Final = 1
 MAX_TOKEN_TTL_S: Final = 24 * 3600
 """Longest lifetime a browser token may be minted with (they are meant to be short-lived)."""
 MAX_TOKEN_CHARS: Final = 4096
+MAX_JTI_CHARS: Final = 64
 _CLOCK_SKEW_S: Final = 5
 
 AuthCode = Literal[
@@ -64,6 +78,7 @@ AuthCode = Literal[
     "token_expired",
     "token_invalid",
     "origin_refused",
+    "token_used",  # a single-use token that already started a call
 ]
 
 
@@ -235,6 +250,9 @@ def verify(secret: str | bytes, token: str, now: float, origin: str | None = Non
         raise AuthError("token expired", code="token_expired")
     if iat > now + _CLOCK_SKEW_S:
         raise AuthError("token not valid yet", code="token_invalid")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
+        raise AuthError("malformed token (no id)", code="token_invalid")
     bound = claims.get("origin")
     if bound is not None and (origin is None or normalize_origin(origin) != bound):
         raise AuthError("token is bound to another origin", code="origin_refused", status=403)
@@ -323,3 +341,30 @@ def check_browser(
     if open_on_loopback and _loopback_page(client_host, headers):
         return BrowserGrant("open", {})
     raise AuthError("a caller token is required (POST /api/tokens)", code="unauthorized", status=401)
+
+
+# -- single use --------------------------------------------------------------------------------------------
+
+
+class SpentTokens(Protocol):
+    """Where the ids of spent tokens are kept (:class:`voice.store.CallStore`)."""
+
+    def claim_token(self, jti: str, exp: int, now: float) -> bool:
+        """Record ``jti`` as spent until ``exp``; False if it was already spent."""
+        ...
+
+
+def spend(grant: BrowserGrant, spent: SpentTokens, now: float) -> None:
+    """Spend the token behind ``grant`` to start one call, or raise :class:`AuthError` (``token_used``) if
+    it already started one. Open-mode grants (no token) have nothing to spend."""
+    if grant.mode != "token":
+        return
+    jti, exp = grant.claims.get("jti"), grant.claims.get("exp")
+    if not isinstance(jti, str) or not isinstance(exp, int):
+        raise AuthError("malformed token (no id)", code="token_invalid")
+    if not spent.claim_token(jti, exp, now):
+        raise AuthError(
+            "this token has already been used to start a call; get a new one (POST /api/tokens)",
+            code="token_used",
+            status=401,
+        )

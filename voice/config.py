@@ -109,6 +109,17 @@ class Settings(BaseSettings):
     """Origins allowed to open browser calls; empty means same-origin and loopback only."""
     browser_open_on_loopback: bool = True
     """Development mode: browser callers from loopback need no token."""
+    browser_rate_per_s: float = Field(0.5, ge=0)
+    """Per-client rate limit on new browser calls (``/ws/browser``): attempts each client address (IPv6:
+    each /64) may make per second, sustained (token-bucket refill; ``voice.ratelimit``). 0 turns it off."""
+    browser_rate_burst: int = Field(20, ge=1)
+    """How many attempts a client may make at once before the sustained rate applies (bucket size)."""
+    browser_rate_max_clients: int = Field(10_000, ge=1)
+    """Client addresses the rate limiter remembers; idle ones are forgotten first."""
+    browser_rate_loopback: bool = False
+    """Rate-limit loopback clients too (off: this machine's development, tests and benchmarks are not
+    limited; a reverse proxy on this host should send ``X-Forwarded-For``, which uvicorn trusts from
+    127.0.0.1, or turn this on)."""
 
     prices: dict[str, ModelPriceOverride] = Field(default_factory=dict)
     engine: EngineSettings = Field(default_factory=EngineSettings)

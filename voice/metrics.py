@@ -13,7 +13,8 @@ default registry, so importing this module twice (tests, the CLI) reuses the sam
 - :data:`COST_USD` ``{model}``: priced usage in USD.
 - :data:`FRAMES_LATE`: pacer ticks that ran more than :data:`LATE_THRESHOLD_MS` after their deadline.
 - :data:`FRAME_LATENESS`: how late each pacer tick ran, in seconds.
-- :data:`CALLS_REFUSED` ``{reason}``: callers turned away by admission control (``busy``, ``draining``).
+- :data:`CALLS_REFUSED` ``{reason}``: callers turned away by admission control (``busy``, ``draining``),
+  the per-client rate limit (``rate_limited``) or a replayed single-use token (``token_used``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """The call records database: one embedded SQLite file, opened by the service itself.
 
-Three tables (schema version 1, ``PRAGMA user_version``):
+Four tables (schema version 1, ``PRAGMA user_version``):
 
 - ``calls``: one row per call (who, which leg and agent, times, how it ended, cost and usage totals).
 - ``transcript_events``: the transcript (:class:`~voice.call.transcript.TranscriptEvent`), keyed
   ``(call_id, seq)``.
 - ``usage_events``: every priced usage, one row per ``response.done`` and per input transcription, keyed
   ``(call_id, seq)``, with its exact cost as decimal text (and its breakdown as JSON in ``cost_json``).
+- ``spent_tokens``: ids (``jti``) of single-use browser caller tokens that started a call, with their expiry,
+  kept until the token has expired (:meth:`CallStore.claim_token`, see :mod:`voice.auth`). Created with
+  ``IF NOT EXISTS`` on open, so databases made before it get it without a schema version change.
 
 Durability: the database runs in WAL mode with ``synchronous=NORMAL`` and every write method is one short
 transaction committed before it returns. A committed transaction is in the WAL file (at least in the OS page
@@ -43,6 +46,7 @@ from voice.realtime.pricing import CostBreakdown
 __all__ = [
     "CALL_STATUSES",
     "SCHEMA_VERSION",
+    "SPENT_TOKEN_GRACE_S",
     "CallStatus",
     "CallStore",
     "RecordError",
@@ -98,7 +102,17 @@ CREATE TABLE IF NOT EXISTS usage_events (
     cost_json TEXT NOT NULL,
     PRIMARY KEY (call_id, seq)
 );
+CREATE TABLE IF NOT EXISTS spent_tokens (
+    jti TEXT PRIMARY KEY,
+    exp INTEGER NOT NULL,
+    spent_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spent_tokens_exp ON spent_tokens (exp);
 """
+
+SPENT_TOKEN_GRACE_S: Final = 300
+"""Spent token ids are kept this long past their token's expiry, so a wall clock stepped back a little
+cannot make an expired-and-forgotten token valid and unspent again."""
 
 # Python field name -> (column, encoder kind) for update_call().
 _FIELDS: Final[dict[str, tuple[str, str]]] = {
@@ -543,6 +557,22 @@ class CallStore:
         if closed:
             _log.warning("closed calls interrupted by a crash", calls=closed)
         return closed
+
+    def claim_token(self, jti: str, exp: int, now: float) -> bool:
+        """Record the single-use token ``jti`` (valid until ``exp``, Unix seconds) as spent at ``now``;
+        False if it was spent before. Ids whose token expired more than :data:`SPENT_TOKEN_GRACE_S` before
+        ``now`` are deleted in the same transaction, so the table holds only tokens that could still be
+        presented. One ``INSERT`` on the primary key: of two simultaneous claims exactly one succeeds."""
+        with self._write() as db:
+            db.execute("DELETE FROM spent_tokens WHERE exp < ?", (now - SPENT_TOKEN_GRACE_S,))
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO spent_tokens (jti, exp, spent_at) VALUES (?, ?, ?)", (jti, exp, now)
+            ).rowcount
+        return inserted == 1
+
+    def spent_token_count(self) -> int:
+        """How many spent token ids are kept (expired ones go at the next :meth:`claim_token`)."""
+        return int(self._read("SELECT COUNT(*) FROM spent_tokens")[0][0])
 
     def delete_call(self, call_id: str) -> None:
         """Remove a call with its transcript and usage (the recording file is the caller's business)."""

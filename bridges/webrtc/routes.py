@@ -34,7 +34,7 @@ from starlette.routing import Route
 from bridges.webrtc.leg import WebRTCLeg
 from bridges.webrtc.settings import WebRTCSettings
 from bridges.webrtc.signaling import OfferError, WebRTCGateway, parse_offer
-from voice.auth import AuthError, BrowserGrant, check_browser, origin_allowed
+from voice.auth import AuthError, BrowserGrant, check_browser, origin_allowed, spend
 from voice.call.transcript import TranscriptEvent
 from voice.config import Settings
 from voice.errors import ConfigError
@@ -193,6 +193,12 @@ async def webrtc_offer(request: Request) -> Response:
     except CallRefused as exc:
         headers = {**cors, "Retry-After": str(RETRY_AFTER_S)}
         return _error(503, exc.reason, exc.message, headers)
+    try:
+        spend(grant, service.store, time.time())  # a caller token starts one call (voice.auth)
+    except AuthError as exc:
+        admission.release()
+        _log.warning("webrtc_refused", client=client, code=exc.code, why=exc.message)
+        return _error(exc.status, exc.code, exc.message, cors)
     metadata: dict[str, Any] = {
         "caller": client,
         "auth": grant.mode,
