@@ -58,7 +58,9 @@ def add_record_commands(sub: Any, common: Callable[[argparse.ArgumentParser], No
     hangup.add_argument("call_id")
     hangup.add_argument("--url", help="the service's base URL (default http://HOST:PORT from settings)")
 
-    call = sub.add_parser("call", help="place an outbound phone call through Twilio (POST /api/calls)")
+    call = sub.add_parser(
+        "call", help="place an outbound call: through Twilio, or a sip: URI through our own SIP user agent"
+    )
     common(call)
     call.add_argument("to", help="the number to call (E.164, e.g. +15551230000), a sip: URI or client:NAME")
     call.add_argument("--from", dest="from_number", help="caller id (default VOICE_TWILIO_FROM_NUMBER)")
@@ -68,12 +70,19 @@ def add_record_commands(sub: Any, common: Callable[[argparse.ArgumentParser], No
         choices=["off", "Enable", "DetectMessageEnd"],
         help="answering-machine detection (default VOICE_TWILIO_MACHINE_DETECTION)",
     )
-    call.add_argument("--ring-timeout", type=int, help="seconds to let the phone ring (5-600)")
+    call.add_argument(
+        "--ring-timeout", type=int, help="seconds to let the phone ring (Twilio 5-600, SIP 1-600)"
+    )
     call.add_argument(
         "--via",
         choices=["auto", "twilio", "sip"],
         default="auto",
         help="auto (default): sip: URIs through the service's own SIP user agent, the rest through Twilio",
+    )
+    call.add_argument(
+        "--wait",
+        action="store_true",
+        help="SIP: return once the callee answered (or the call failed) instead of while it dials",
     )
     call.add_argument("--url", help="the service's base URL (default http://HOST:PORT from settings)")
 
@@ -287,7 +296,14 @@ def _base_url(settings: Settings, args: argparse.Namespace) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def _api(settings: Settings, args: argparse.Namespace, path: str, body: dict[str, Any] | None) -> Any:
+def _api(
+    settings: Settings,
+    args: argparse.Namespace,
+    path: str,
+    body: dict[str, Any] | None,
+    *,
+    timeout_s: float = 10.0,
+) -> Any:
     import httpx
 
     headers = {}
@@ -295,7 +311,7 @@ def _api(settings: Settings, args: argparse.Namespace, path: str, body: dict[str
         headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
     url = _base_url(settings, args) + path
     try:
-        response = httpx.post(url, json=body or {}, headers=headers, timeout=10.0, trust_env=False)
+        response = httpx.post(url, json=body or {}, headers=headers, timeout=timeout_s, trust_env=False)
     except httpx.HTTPError as exc:
         raise RecordError(f"cannot reach the service at {_base_url(settings, args)}: {exc}") from None
     try:
@@ -314,6 +330,8 @@ def _call(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     if via == "sip" or (via == "auto" and args.to.lower().startswith(("sip:", "sips:"))):
         return _sip_call(settings, args, out)
     request: dict[str, Any] = {"to": args.to}
+    if via == "twilio":
+        request["via"] = "twilio"  # a sip: URI dialled by Twilio, not by our own user agent
     for key, value in (
         ("from", args.from_number),
         ("agent", args.call_agent),
@@ -332,14 +350,20 @@ def _call(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _sip_call(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    """``voice call sip:...``: the service calls out through its own SIP user agent (``POST /api/sip/calls``);
-    returns once the call is answered."""
+    """``voice call sip:...``: the service calls out through its own SIP user agent (``POST /api/sip/calls``)
+    and prints the call id and state (``dialing``; with ``--wait`` ``answered``, or the failure)."""
     request: dict[str, Any] = {"to": args.to}
     if args.from_number is not None:
         request["from"] = args.from_number
     if args.call_agent is not None:
         request["agent"] = args.call_agent
-    data = _api(settings, args, "/api/sip/calls", request)
+    if args.ring_timeout is not None:
+        request["ring_timeout_s"] = args.ring_timeout
+    wait = bool(getattr(args, "wait", False))
+    if wait:
+        request["wait"] = True
+    ring_s = args.ring_timeout if args.ring_timeout is not None else 60
+    data = _api(settings, args, "/api/sip/calls", request, timeout_s=ring_s + 45.0 if wait else 10.0)
     print(f"{data['call_id']}: {data['status']} (SIP; -> {data['to']}, agent {data['agent']})", file=out)
     return 0
 

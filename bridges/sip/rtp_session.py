@@ -19,6 +19,13 @@
   §4.1). Keys queued with :meth:`RtpSession.send_dtmf` replace audio frames while they are sent
   (:class:`~bridges.sip.telephone_event.TelephoneEventSender`); with no audio flowing the receive clock
   sends them. The playout clock of the leg is this send clock: heard = sent.
+- **Early media** (RFC 3261 §13.2.1, RFC 3960): :meth:`RtpSession.listen_early` starts the receive clock
+  when an outbound call's ``183`` brings an SDP answer, before the call starts. The frames the jitter
+  buffer plays out then go to an :class:`~bridges.sip.early_media.EarlyMedia` (RFC 4733 keys are dropped:
+  nobody listens yet). :meth:`RtpSession.start` hands the part of it the agent should hear (from the first
+  speech; ringback and silence alone give nothing) to the call first, every frame stamped ``media_ms`` 0:
+  it came before the call's media clock, which starts at the answer as for any call. (A recorder that
+  places caller audio by ``media_ms`` so keeps only what came after the answer; the model hears it all.)
 - **RTCP** every 5 s on port + 1: an SR while we send, else an RR, with a report block for the peer's
   source and an SDES CNAME (RFC 3550 §6.4, §6.5); received SRs feed the LSR/DLSR of our reports.
 """
@@ -33,6 +40,7 @@ from collections.abc import Callable
 from typing import Final, Literal, cast
 
 from bridges.base import CallerAudio, CallerDtmf, LegEvent
+from bridges.sip.early_media import EarlyMedia, EarlyMediaSummary
 from bridges.sip.jitter import JitterBuffer
 from bridges.sip.rtp import (
     RtcpReceiverReport,
@@ -172,6 +180,9 @@ class RtpSession:
         self._last_rfc4733_ms = -1e12
         self.media_ms = 0
         """Caller audio emitted so far, in ms (the caller's media clock)."""
+        self._early: EarlyMedia | None = None
+        self.early_media: EarlyMediaSummary | None = None
+        """What came before the answer (set by :meth:`start` when :meth:`listen_early` ran)."""
         self._tick_handle: asyncio.TimerHandle | None = None
         self._next_tick = 0.0
         self._last_sent_ms: float | None = None
@@ -219,9 +230,34 @@ class RtpSession:
         else:
             self.dtmf_sender = None
 
+    def listen_early(self) -> None:
+        """Receive early media: start the receive clock now and keep what it plays out until :meth:`start`
+        (an outbound call's ``183`` with SDP; idempotent)."""
+        if self.closed or self._emit is not None or self._early is not None:
+            return
+        self._early = EarlyMedia()
+        self._start_clock()
+
     def start(self, emit: Callable[[LegEvent], None]) -> None:
-        """Start the 20 ms receive clock; events go to ``emit``."""
+        """Start the 20 ms receive clock (unless early media runs it already); events go to ``emit``,
+        the early media the call should hear first (see the module docstring)."""
         self._emit = emit
+        early, self._early = self._early, None
+        if early is not None:
+            self.early_media = early.summary()
+            frames = early.frames()
+            for payload in frames:
+                emit(CallerAudio(payload, 0))
+            self.log.info(
+                "rtp.early_media",
+                received_ms=self.early_media.received_ms,
+                delivered_ms=self.early_media.delivered_ms,
+                speech_ms=self.early_media.speech_ms,
+            )
+        if self._tick_handle is None:
+            self._start_clock()
+
+    def _start_clock(self) -> None:
         loop = asyncio.get_running_loop()
         self._next_tick = loop.time() + FRAME_MS / 1000
         self._next_rtcp = loop.time() + RTCP_INTERVAL_S
@@ -313,7 +349,11 @@ class RtpSession:
         for key in self.events.poll(now):
             self._key(key)
         frame = self.jitter.pop(now)
-        if frame is None or self._emit is None:
+        if frame is None:
+            return
+        if self._emit is None:
+            if self._early is not None:
+                self._early.push(frame.payload, self._decode(frame.payload))
             return
         self._emit(CallerAudio(frame.payload, self.media_ms))
         self.media_ms += FRAME_MS

@@ -13,7 +13,8 @@ Routing of a received message:
   a call (optional Digest authentication: 401 with challenges, §22.4, unknown users 403), ``OPTIONS`` gets
   200 (§11.2), a request with a To tag but no dialog gets 481 (§12.2.2), unknown methods get 501 with
   ``Allow`` (§8.2.1), a ``Require`` of any extension 420 with ``Unsupported`` (§8.2.2.3); in-dialog
-  ``BYE`` (200, the call ends), re-``INVITE`` (new SDP answer: hold/resume, §14.2, RFC 3264 §8.4),
+  ``BYE`` (200, the call ends), re-``INVITE`` (new SDP answer: hold/resume, §14.2, RFC 3264 §8.4; without
+  SDP: our offer in the 200, the answer applied from the ACK, §13.2.1; the codec in use is kept),
   ``INFO`` with ``application/dtmf-relay`` (a key), ``NOTIFY`` with a ``message/sipfrag`` (the progress of
   our REFER, RFC 3515 §2.4.4);
 - malformed input: 400 (or 505/513) when a reply is possible, else dropped and logged; never an exception.
@@ -23,6 +24,11 @@ UA retransmits until the ACK (§13.3.1.4: T1 doubling to T2, BYE after 64*T1 wit
 usable codec gets 488 (§13.3.1.1). An INVITE without an offer gets ours in the 200 and the answer is taken
 from the ACK (§13.2.1). The application decides admission (:class:`InboundCalls`: 486/503 when
 refused) and starts the call once it is answered.
+
+An outbound call (:meth:`UserAgent.invite`) that is not answered raises :class:`SipCallFailed` with the
+final status and the outcome to record (:func:`call_outcome`: ``busy``, ``no_answer``, ``rejected``,
+``canceled``, ``failed``); early media (a 1xx with SDP) is received before the answer
+(:meth:`~bridges.sip.rtp_session.RtpSession.listen_early`).
 
 Timers: every transaction's :attr:`~bridges.sip.transaction.Transaction.next_deadline` is scheduled with
 ``loop.call_at`` on the loop's monotonic clock (``now_ms = loop.time() * 1000``).
@@ -36,7 +42,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 from bridges.sip.dialog import Dialog, DialogRequestError
@@ -86,7 +92,17 @@ from bridges.sip.transport import Peer, SipTransports, TransportName
 from voice.errors import LocalProtocolError, RemoteProtocolError, VoiceError
 from voice.logs import get_logger
 
-__all__ = ["ALLOWED_METHODS", "InboundCalls", "SipCall", "SipCallFailed", "SipRefusal", "UserAgent"]
+__all__ = [
+    "ALLOWED_METHODS",
+    "CALL_OUTCOMES",
+    "InboundCalls",
+    "SipCall",
+    "SipCallFailed",
+    "SipRefusal",
+    "UserAgent",
+    "call_outcome",
+    "parse_target",
+]
 
 ALLOWED_METHODS: Final = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY"
 _TIMERS: Final = TimerConfig()
@@ -105,12 +121,59 @@ class SipRefusal(VoiceError):
 
 
 class SipCallFailed(VoiceError):
-    """An outbound INVITE ended without a call: ``status_code`` is the final response (408 on timeout)."""
+    """An outbound INVITE ended without a call: ``status_code`` is the final response (408 when nothing
+    answered), ``outcome`` the end reason to record (:func:`call_outcome`)."""
 
-    def __init__(self, status_code: int, reason: str) -> None:
+    def __init__(self, status_code: int, reason: str, *, outcome: str = "failed") -> None:
         super().__init__(f"{status_code} {reason}")
         self.status_code = status_code
         self.reason = reason
+        self.outcome = outcome
+
+
+CALL_OUTCOMES: Final = frozenset({"busy", "no_answer", "rejected", "canceled", "failed"})
+"""End reasons of outbound calls that were never answered (the Twilio path's ``busy``, ``no_answer``,
+``failed``, ``canceled``, plus ``rejected`` for an explicit decline)."""
+_BUSY: Final = frozenset({486, 600})
+_NO_ANSWER: Final = frozenset({408, 480})
+_REJECTED: Final = frozenset({603, 607, 608})
+
+
+def call_outcome(status_code: int, *, ring_timeout: bool = False, provisional: bool = True) -> str:
+    """The end reason of an outbound call whose INVITE got the final ``status_code`` (RFC 3261 §21).
+
+    ``ring_timeout``: we gave up ringing (CANCEL, §9.1): ``no_answer`` whatever came back. Else 486 Busy
+    Here and 600 Busy Everywhere are ``busy``; 480 Temporarily Unavailable and a 408 after the callee
+    rang are ``no_answer`` (a 408 with no provisional response: nothing reached the callee, ``failed``);
+    603 Decline, 607 Unwanted and 608 Rejected are ``rejected``; 487 without our ring timeout is
+    ``canceled``; every other failure (401/407 authentication, 403, 404, 488, 5xx, ...) is ``failed``.
+    """
+    if ring_timeout:
+        return "no_answer"
+    if status_code in _BUSY:
+        return "busy"
+    if status_code in _NO_ANSWER:
+        return "no_answer" if provisional or status_code == 480 else "failed"
+    if status_code in _REJECTED:
+        return "rejected"
+    if status_code == 487:
+        return "canceled"
+    return "failed"
+
+
+@dataclass(slots=True)
+class _Ringing:
+    """How an INVITE's ringing ended: the final response, and what came before it."""
+
+    response: SipResponse
+    provisional: bool = False
+    """A provisional response came (a CANCEL may be sent, §9.1)."""
+    rang: bool = False
+    """A provisional response other than 100 came: the callee's side was reached."""
+    ring_timeout: bool = False
+    """We gave up ringing and CANCELled."""
+    early: NegotiatedMedia | None = None
+    """The media of the first 1xx with an SDP answer (early media)."""
 
 
 class InboundCalls(Protocol):
@@ -152,15 +215,20 @@ class SipCall:
     on_media: Callable[[NegotiatedMedia], None] = lambda media: None
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     sdp_version: int = 0
+    sdp_session_id: str = field(default_factory=lambda: str(int(time.time())))
+    """The ``o=`` session id: the same in every offer and answer of the call (RFC 4566 §5.2)."""
     _retransmit: asyncio.TimerHandle | None = None
     _acked: bool = True
     _final_2xx: SipResponse | None = None
     _invite_txn: InviteServerTransaction | None = None
     _ack: SipRequest | None = None
+    """Our ACK for the 2xx of our INVITE (sent again for each 2xx retransmission, §13.2.2.4)."""
     _late_offer: SessionDescription | None = None
     _ack_event: asyncio.Event = field(default_factory=asyncio.Event)
     _ack_body: bytes = b""
-    """Our ACK for the 2xx of our INVITE (sent again for each 2xx retransmission, §13.2.2.4)."""
+    _reoffer: tuple[int, SessionDescription] | None = None
+    """Our offer in the 200 to a re-INVITE without SDP and that re-INVITE's CSeq: the answer comes in
+    its ACK (§14.2, §13.2.1)."""
 
     @property
     def caller(self) -> str:
@@ -485,14 +553,19 @@ class UserAgent:
         from_user: str | None = None,
         headers: list[tuple[str, str]] | None = None,
         ring_timeout_s: float = 60.0,
+        on_progress: Callable[[SipResponse], None] | None = None,
     ) -> SipCall:
         """Call ``target`` (a ``sip:`` URI), through the trunk when one is configured; return the answered
-        call (ACK sent, media configured) or raise :class:`SipCallFailed`.
+        call (ACK sent, media configured) or raise :class:`SipCallFailed` with the final status and the
+        outcome to record (:func:`call_outcome`).
 
-        Sends the SDP offer (RFC 3264 §5), answers a 401/407 once with Digest credentials of the trunk
-        (RFC 3261 §22.2, MD5 or SHA-256), and builds the dialog from the 2xx (§12.1.2, §13.2.2.4). A 1xx
-        with an SDP answer sets the media up early (early media, RFC 3261 §13.2.1). No answer within
-        ``ring_timeout_s``: CANCEL (§9.1) and :class:`SipCallFailed` with the final status (487).
+        Sends the SDP offer (RFC 3264 §5), answers a 401/407 with Digest credentials of the trunk (RFC 3261
+        §22.2, MD5 or SHA-256; a second challenge that is not ``stale`` means the credentials are wrong:
+        ``failed``), and builds the dialog from the 2xx (§12.1.2, §13.2.2.4). ``on_progress`` sees each
+        provisional response. A 1xx with an SDP answer sets the media up early and starts receiving early
+        media (RFC 3261 §13.2.1, :meth:`RtpSession.listen_early`); a 2xx without SDP after such a 1xx keeps
+        that media. No answer within ``ring_timeout_s``: CANCEL (§9.1), ``no_answer``. Cancelling the
+        coroutine CANCELs the INVITE too.
         """
         from bridges.sip.digest import DigestError, authorize, pick_challenge
         from bridges.sip.message import Params, build_request
@@ -509,13 +582,14 @@ class UserAgent:
         sip_call_id = f"{secrets.token_hex(12)}@{self.local_address(peer.host)}"
         user = from_user or (trunk.from_user if trunk is not None and trunk.from_user else None) or "voice"
         from_ = NameAddr(SipUri(self.local_address(peer.host), user), params=Params().set("tag", local_tag))
-        probe = SipCall(self, our_id, sip_call_id, peer, SipRequest("INVITE", target), rtp, local_tag)
-        offer = build_offer(self._media_config(probe))
+        call = SipCall(self, our_id, sip_call_id, peer, SipRequest("INVITE", target), rtp, local_tag)
+        offer = build_offer(self._media_config(call))
         route = [NameAddr(next_hop.with_params(next_hop.params.set("lr", None)))] if trunk is not None else []
         extra = [("User-Agent", self.settings.user_agent), ("Allow", ALLOWED_METHODS), *(headers or [])]
         cseq = 1
         log = _log.bind(call_id=our_id, target=target)
         try:
+            answered_challenge = False
             for _attempt in range(3):
                 request = build_request(
                     "INVITE",
@@ -532,12 +606,15 @@ class UserAgent:
                     content_type="application/sdp",
                 )
                 log.info("sip.inviting", attempt=_attempt)
-                response = await self._ring(request, peer, rtp, offer, ring_timeout_s)
+                ring = await self._ring(request, peer, rtp, offer, ring_timeout_s, on_progress)
+                response = ring.response
                 code = response.status_code
                 if code in (401, 407) and trunk is not None and trunk.username and trunk.password:
                     name = "WWW-Authenticate" if code == 401 else "Proxy-Authenticate"
                     try:
                         challenge = pick_challenge(response.headers.get_all(name))
+                        if answered_challenge and not challenge.stale:
+                            raise DigestError("the trunk refused our credentials")
                         credentials = authorize(
                             challenge,
                             username=trunk.username,
@@ -546,7 +623,8 @@ class UserAgent:
                             uri=str(uri),
                         )
                     except DigestError as exc:
-                        raise SipCallFailed(code, f"cannot authenticate: {exc}") from None
+                        raise SipCallFailed(code, f"authentication failed: {exc}") from None
+                    answered_challenge = True
                     answer_name = "Authorization" if code == 401 else "Proxy-Authorization"
                     extra = [(n, v) for n, v in extra if n not in ("Authorization", "Proxy-Authorization")]
                     extra.append((answer_name, credentials.to_header()))
@@ -554,15 +632,21 @@ class UserAgent:
                     continue
                 break
             if not 200 <= response.status_code < 300:
-                raise SipCallFailed(response.status_code, response.reason)
+                outcome = call_outcome(
+                    response.status_code, ring_timeout=ring.ring_timeout, provisional=ring.rang
+                )
+                raise SipCallFailed(response.status_code, response.reason, outcome=outcome)
             dialog = Dialog.from_uac(request, response)
             ack = dialog.ack(cseq, via=self.via(transport, peer.host))
-            call = SipCall(self, our_id, sip_call_id, peer, request, rtp, local_tag)
+            call.invite = request
             call.dialog = dialog
             call._ack = ack
             self.transports.send_nowait(ack.to_bytes(), self.destination(dialog, transport))
             try:
-                media = accept_answer(offer, parse_sdp(response.body))
+                if response.body or ring.early is None:
+                    media = accept_answer(offer, parse_sdp(response.body))
+                else:  # the answer came in the 183 (no 100rel) and the 200 repeats none: keep it
+                    media = ring.early
             except (SdpParseError, NoCommonCodec) as exc:
                 self._dialogs[call._dialog_key] = call
                 call.state = "answered"
@@ -572,7 +656,7 @@ class UserAgent:
             rtp.configure(media)
             call.state = "answered"
             self._dialogs[call._dialog_key] = call
-            log.info("sip.outbound_answered", codec=media.codec.name)
+            log.info("sip.outbound_answered", codec=media.codec.name, early_media=ring.early is not None)
             return call
         except BaseException:
             rtp.close()
@@ -585,34 +669,49 @@ class UserAgent:
         rtp: RtpSession,
         offer: SessionDescription,
         ring_timeout_s: float,
-    ) -> SipResponse:
-        """Send the INVITE and wait for its final response; CANCEL it after ``ring_timeout_s``."""
+        on_progress: Callable[[SipResponse], None] | None = None,
+    ) -> _Ringing:
+        """Send the INVITE and wait for its final response; CANCEL it after ``ring_timeout_s`` or when
+        cancelled (once a provisional response came, §9.1)."""
         from bridges.sip.sdp import accept_answer
         from bridges.sip.transaction import build_cancel
 
-        provisional: list[SipResponse] = []
+        ringing = _Ringing(make_response(request, 408))
 
         def on_provisional(response: SipResponse) -> None:
-            provisional.append(response)
-            if response.body and response.content_type == "application/sdp" and rtp.media is None:
+            ringing.provisional = True
+            ringing.rang = ringing.rang or response.status_code > 100
+            if response.body and response.content_type == "application/sdp" and ringing.early is None:
                 with contextlib.suppress(SdpParseError, NoCommonCodec):
-                    rtp.configure(accept_answer(offer, parse_sdp(response.body)))  # early media
-                    _log.info("sip.early_media", status=response.status_code)
+                    ringing.early = accept_answer(offer, parse_sdp(response.body))
+                    rtp.configure(ringing.early)  # early media (§13.2.1)
+                    rtp.listen_early()
+                    _log.info("sip.early_media", status=response.status_code, codec=ringing.early.codec.name)
+            if on_progress is not None:
+                on_progress(response)
+
+        def cancel() -> None:
+            if ringing.provisional:
+                self._spawn(self.request(build_cancel(request), peer))
 
         task = asyncio.ensure_future(self.request(request, peer, on_provisional=on_provisional))
         try:
-            return await asyncio.wait_for(asyncio.shield(task), ring_timeout_s)
+            ringing.response = await asyncio.wait_for(asyncio.shield(task), ring_timeout_s)
+            return ringing
         except TimeoutError:
             pass
-        _log.info("sip.ring_timeout", sip_call_id=request.call_id, provisional=len(provisional))
-        if provisional:  # §9.1: a CANCEL only once a provisional response came
-            cancel = build_cancel(request)
-            self._spawn(self.request(cancel, peer))
+        except asyncio.CancelledError:
+            cancel()
+            task.cancel()
+            raise
+        _log.info("sip.ring_timeout", sip_call_id=request.call_id, provisional=ringing.provisional)
+        ringing.ring_timeout = True
+        cancel()
         try:
-            return await asyncio.wait_for(task, 64 * self.timers.t1 / 1000)
+            ringing.response = await asyncio.wait_for(task, 64 * self.timers.t1 / 1000)
         except TimeoutError:
             task.cancel()
-            return make_response(request, 408)
+        return ringing
 
     # -- REGISTER (RFC 3261 §10) -------------------------------------------------------------------------
 
@@ -801,6 +900,8 @@ class UserAgent:
         if not call._ack_event.is_set():
             call._ack_body = request.body
             call._ack_event.set()
+        with contextlib.suppress(SipParseError):
+            self._reoffer_answered(call, request)
         if call._retransmit is not None:
             call._retransmit.cancel()
             call._retransmit = None
@@ -982,7 +1083,7 @@ class UserAgent:
         return MediaConfig(
             address=self.local_address(call.peer.host),
             port=call.rtp.port,
-            session_id=str(int(time.time())),
+            session_id=call.sdp_session_id,
             session_version=call.sdp_version,
             username="voice",
         )
@@ -1036,26 +1137,31 @@ class UserAgent:
             self._reply(request, peer, 501, headers=[("Allow", ALLOWED_METHODS)])
 
     def _reinvite(self, call: SipCall, request: SipRequest, peer: Peer) -> None:
-        """A re-INVITE (§14.2): answer the new offer (hold: ``sendonly``/``c=0.0.0.0``; resume)."""
+        """A re-INVITE (§14.2): answer the new offer (hold: ``sendonly``/``c=0.0.0.0``; resume). Without
+        an offer, ours goes in the 200 and the answer is applied from the ACK (§13.2.1, :meth:`_on_ack`).
+        Offers and answers keep the codec in use: the call passes its audio through to the model in that
+        codec (an offer without it: 488)."""
+        from bridges.sip.sdp import build_offer
+
         txn = self._new_server_txn(request, peer)
         assert isinstance(txn, InviteServerTransaction)
-        offer: SessionDescription | None = None
+        config = self._media_config(call)
+        if call.media is not None:
+            config = replace(config, codecs=(call.media.codec.name.upper(),))
         if request.body:
             try:
-                offer = parse_sdp(request.body)
-                answer = build_answer(offer, self._media_config(call))
+                answer = build_answer(parse_sdp(request.body), config)
             except (SdpParseError, NoCommonCodec) as exc:
                 self._respond(txn, make_response(request, 488, headers=_warning(str(exc))))
                 return
-            call.media = answer.media
-            call.rtp.configure(answer.media)
-            call.on_media(answer.media)
+            call._reoffer = None
+            self._apply_media(call, answer.media)
             body = answer.session.to_bytes()
-            _log.info("sip.reinvite", call_id=call.call_id, direction=answer.media.direction)
         else:
-            from bridges.sip.sdp import build_offer
-
-            body = build_offer(self._media_config(call)).to_bytes()
+            offer = build_offer(config)
+            call._reoffer = (request.cseq.number, offer)
+            body = offer.to_bytes()
+            _log.info("sip.reinvite_without_offer", call_id=call.call_id)
         ok = make_response(
             request,
             200,
@@ -1064,6 +1170,30 @@ class UserAgent:
             content_type="application/sdp",
         )
         self._send_2xx(call, txn, ok)
+
+    def _apply_media(self, call: SipCall, media: NegotiatedMedia) -> None:
+        call.media = media
+        call.rtp.configure(media)
+        call.on_media(media)
+        _log.info("sip.reinvite", call_id=call.call_id, direction=media.direction, codec=media.codec.name)
+
+    def _reoffer_answered(self, call: SipCall, ack: SipRequest) -> None:
+        """The ACK for our 200 to a re-INVITE without SDP carries the answer to our offer (§13.2.1). No or
+        a bad answer: the media stays as it was (logged)."""
+        from bridges.sip.sdp import accept_answer
+
+        pending = call._reoffer
+        if pending is None or ack.cseq.number != pending[0]:
+            return
+        call._reoffer = None
+        try:
+            if not ack.body:
+                raise SdpParseError("the ACK carries no SDP answer")
+            media = accept_answer(pending[1], parse_sdp(ack.body))
+        except (SdpParseError, NoCommonCodec) as exc:
+            _log.warning("sip.reinvite_answer_unusable", call_id=call.call_id, error=str(exc))
+            return
+        self._apply_media(call, media)
 
     def _info(self, call: SipCall, request: SipRequest, peer: Peer) -> None:
         if request.content_type not in _DTMF_INFO_TYPES:
@@ -1123,8 +1253,11 @@ def _dtmf_relay_digit(body: bytes) -> str | None:
 
 
 def parse_target(target: str) -> SipUri:
-    """A ``sip:`` URI to call; raises :class:`SipParseError` for anything else."""
+    """A ``sip:`` URI to call; raises :class:`SipParseError` for anything else, ``sips:`` included: it needs
+    TLS on every hop (RFC 3261 §26.2.2), which this user agent does not offer."""
     uri = parse_uri(target)
     if not isinstance(uri, SipUri):
         raise SipParseError(f"not a SIP URI: {target[:64]}")
+    if uri.scheme.lower() == "sips":
+        raise SipParseError("sips: URIs need TLS, which this SIP user agent does not offer")
     return uri

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +96,44 @@ async def run_sipp(
         err.decode(errors="replace"),
         messages,
     )
+
+
+@dataclass
+class Uas:
+    """A SIPp UAS (one call) listening on ``port``: the callee of an outbound call."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+
+    def uri(self, user: str = "callee") -> str:
+        return f"sip:{user}@127.0.0.1:{self.port}"
+
+    async def finish(self, timeout_s: float = 30.0) -> tuple[int, str]:
+        """Wait for the scenario's end: its exit code (0: passed) and its standard error."""
+        _out, err = await asyncio.wait_for(self.proc.communicate(), timeout_s)
+        code = self.proc.returncode if self.proc.returncode is not None else -1
+        return code, err.decode(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def sipp_uas(
+    scenario: str | Path, workdir: Path, *, extra: list[str] | None = None, timeout_s: float = 30.0
+) -> AsyncIterator[Uas]:
+    """Start SIPp as a UAS with ``scenario`` (a path, or a name in ``scenarios/``) on a free loopback port,
+    run from ``workdir`` (where its audio files are); killed on exit if still running."""
+    assert SIPP is not None
+    port = free_udp_port()
+    path = scenario if isinstance(scenario, Path) else SCENARIOS / scenario
+    proc = await asyncio.create_subprocess_exec(
+        SIPP, "-sf", str(path), "-m", "1", "-nostdin", "-timeout", f"{int(timeout_s)}s",
+        "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1", "-mp", str(free_even_port()),
+        "-trace_err", *(extra or []), cwd=workdir,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(0.3)  # SIPp binds its port
+    try:
+        yield Uas(proc, port)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
