@@ -1,8 +1,9 @@
 """Agent profiles: ``prompts/NAME.md`` (instructions) plus ``prompts/NAME.toml`` (settings).
 
 A profile says everything a call needs to configure its upstream session (model, voice, turn detection,
-transcription, tools), how DTMF reaches the model, price overrides, and the local engine's script (what
-the offline engine says when it plays this agent).
+transcription, tools), how DTMF reaches the model, what an outbound call does when an answering machine
+picks up, price overrides, and the local engine's script (what the offline engine says when it plays this
+agent).
 """
 
 from __future__ import annotations
@@ -57,6 +58,22 @@ class DtmfPolicy(_Strict):
     terminator: str = "#"
     timeout_ms: int = Field(3000, gt=0)
     barge_in: bool = True
+
+
+class AnsweringMachine(_Strict):
+    """Outbound calls with answering-machine detection (Twilio AMD): what the agent does when a machine
+    answers.
+
+    ``policy``: ``leave_message`` (the model is told it reached voicemail, leaves its message after the beep
+    and then ends the call with ``end_call``), ``hangup`` (the call ends at once) or ``talk`` (nothing
+    special: the agent goes on as with a person). ``message``: what the message should say, added to that
+    note (empty: the model decides from its instructions). ``max_message_s``: a message call is ended this
+    long after the note at the latest, should the model not end it.
+    """
+
+    policy: Literal["leave_message", "hangup", "talk"] = "leave_message"
+    message: str = Field("", max_length=2000)
+    max_message_s: float = Field(60.0, gt=0, le=600)
 
 
 class ToolSpec(_Strict):
@@ -124,6 +141,8 @@ class AgentProfile(_Strict):
     transcription: Transcription | None = Field(default_factory=Transcription)
     vad: LocalVad = Field(default_factory=LocalVad)
     dtmf: DtmfPolicy = Field(default_factory=DtmfPolicy)
+    answering_machine: AnsweringMachine | None = None
+    """``None``: the service's default (``VOICE_TWILIO_MACHINE_POLICY``)."""
     tools: list[ToolSpec] = Field(default_factory=list)
     prices: dict[str, ModelPriceOverride] = Field(default_factory=dict)
     engine: EngineScript = Field(default_factory=EngineScript)

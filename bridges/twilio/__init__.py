@@ -3,7 +3,9 @@
 - :mod:`~bridges.twilio.protocol`: the Media Streams message codec (pure, §E.2, §E.3);
 - :mod:`~bridges.twilio.marks`: the playout clock from mark echoes (pure, §C.2);
 - :mod:`~bridges.twilio.signature`: ``X-Twilio-Signature`` checks, webhooks and the WebSocket upgrade (§E.4);
-- :mod:`~bridges.twilio.twiml`: TwiML documents (connect a stream, dial a transfer, refuse, AMD policy; §E.1);
+- :mod:`~bridges.twilio.twiml`: TwiML documents (connect a stream, dial a transfer, refuse; §E.1);
+- :mod:`~bridges.twilio.machine`: answering-machine results and the agent's policy (pure, §E.5);
+- :mod:`~bridges.twilio.busy`: what a caller hears when every line is busy (spoken refusal, µ-law prompt);
 - :mod:`~bridges.twilio.callbacks`: incoming-call and status-callback form parsing (§E.5);
 - :mod:`~bridges.twilio.rest`: outbound calls and live-call updates through the REST API (§E.5);
 - :mod:`~bridges.twilio.outbound`: outbound call requests from settings (``voice call``, ``POST /api/calls``);

@@ -23,9 +23,14 @@ dropped; the call goes on.
 Outbound: :meth:`~TwilioLeg.play` sends one ``media`` message and a ``mark`` after it (§E.3, §C.2);
 :meth:`~TwilioLeg.clear` sends ``clear`` (Twilio drops its queue and echoes the outstanding marks);
 :meth:`~TwilioLeg.send_dtmf` plays exact Q.23 tone pairs (:func:`voice.audio.dtmf.dtmf_tones`) encoded to
-µ-law into the stream, one 20 ms frame per 20 ms on absolute deadlines; agent frames that arrive meanwhile
-queue behind the tones, so the stream stays at real-time speed (a Media Stream has no out-of-band DTMF; the
-alternative, ``<Play digits>`` by REST, would end the stream, §E.5); :meth:`~TwilioLeg.transfer` replaces the
+µ-law into the stream, one 20 ms frame per 20 ms on absolute deadlines (a Media Stream has no out-of-band
+DTMF; the alternative, ``<Play digits>`` by REST, would end the stream, §E.5). The leg declares
+``capabilities.sends_dtmf_tones``, so the call hands it the keys rather than mixing tones into the agent's
+audio. The tones are never mixed with speech: they follow the agent audio already sent (Twilio plays a
+stream's media in order) and agent frames that arrive meanwhile wait behind them, so the agent's speech
+pauses for the keys and goes on after them, still at real-time speed (marks keep the playout clock
+honest: the waiting frames count as heard only when Twilio has played them). A barge-in ``clear`` drops
+the waiting agent frames; keys not yet sent still go out. :meth:`~TwilioLeg.transfer` replaces the
 call's TwiML with ``<Dial>`` through the REST API (Twilio then stops the stream); :meth:`~TwilioLeg.hangup`
 lets the audio already sent play out (bounded by ``hangup_drain_ms``) and closes the socket, which ends the
 call (nothing follows ``<Connect>`` in our TwiML, §E.1).
@@ -164,7 +169,11 @@ class TwilioLeg:
         self.dtmf_level_dbfs = dtmf_level_dbfs
         self.max_bytes = max_bytes
         self.capabilities = LegCapabilities(
-            codecs=("pcmu",), native_dtmf=False, can_transfer=rest is not None, reports_playback=True
+            codecs=("pcmu",),
+            native_dtmf=False,
+            sends_dtmf_tones=True,
+            can_transfer=rest is not None,
+            reports_playback=True,
         )
         self.metadata: dict[str, Any] = {**self._start_metadata(start), **dict(metadata or {})}
         self.log = get_logger(call_id=self.call_id, component="twilio_leg", call_sid=start.call_sid)

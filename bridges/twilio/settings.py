@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from voice.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_BUSY_MESSAGE",
     "STATUS_EVENTS",
     "STATUS_PATH",
     "STREAM_PATH",
@@ -42,7 +43,10 @@ STATUS_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
 """Every call progress event an outbound call reports (protocols.md §E.5)."""
 
 MachineDetection = Literal["off", "Enable", "DetectMessageEnd"]
-MachinePolicy = Literal["continue", "hangup"]
+MachinePolicy = Literal["leave_message", "hangup", "talk"]
+"""What an outbound call does when a machine answers (:mod:`bridges.twilio.machine`)."""
+
+DEFAULT_BUSY_MESSAGE: Final = "Sorry, all our lines are busy. Please call again in a few minutes."
 
 
 class TwilioSettings(BaseSettings):
@@ -75,13 +79,23 @@ class TwilioSettings(BaseSettings):
     (after the greeting's beep, the moment to leave a message). Results arrive asynchronously (``AsyncAmd``)
     on the status callback as ``AnsweredBy``."""
     machine_detection_timeout_s: int = Field(30, ge=3, le=59)
-    machine_policy: MachinePolicy = "continue"
-    """When a machine answers: ``continue`` (the agent talks, e.g. leaves a message) or ``hangup``."""
+    machine_policy: MachinePolicy = "talk"
+    """When a machine answers and the agent's profile has no ``[answering_machine]`` policy:
+    ``leave_message`` (the model is told it reached voicemail, leaves its message after the beep and ends
+    the call), ``hangup``, or ``talk`` (nothing special). ``continue`` is accepted as the old name of
+    ``talk``."""
+    busy_message: str = Field(DEFAULT_BUSY_MESSAGE, min_length=1, max_length=300)
+    """What a caller hears when every line is busy (``<Say>`` on the webhook; synthesized on the stream)."""
     transfer_to: str | None = None
     """The staff line the agent's ``transfer_call`` dials when the model names no target (E.164 number,
     ``sip:`` URI or ``client:NAME``); it reaches the call as the leg's ``transfer_target`` metadata."""
     start_timeout_s: float = Field(10.0, gt=0)
     """How long a Media Streams socket may stay open without a ``start`` message before it is closed."""
+
+    @field_validator("machine_policy", mode="before")
+    @classmethod
+    def _old_policy_name(cls, value: object) -> object:
+        return "talk" if value == "continue" else value
 
     @field_validator("public_url")
     @classmethod

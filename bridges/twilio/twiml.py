@@ -7,7 +7,6 @@
 - :func:`dial`: ``<Dial>`` to a transfer target (E.164 number, ``sip:``/``sips:`` URI, ``client:NAME``). Used
   with ``calls(sid).update(twiml=…)``, which ends the running stream (§E.5).
 - :func:`hangup`, :func:`reject`, :func:`say_and_hangup`: refusing or ending calls (busy, unknown agent).
-- :func:`machine_action`: the answering-machine policy: what to do with an ``AnsweredBy`` result (§E.5).
 
 Documents are returned as strings with the XML declaration; :data:`MAX_REST_TWIML` is the REST API's limit
 for inline TwiML (§E.5, checked by :mod:`bridges.twilio.rest`).
@@ -18,23 +17,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from twilio.twiml.voice_response import VoiceResponse  # type: ignore[import-untyped, unused-ignore]
 
 from bridges.twilio.errors import InvalidTransferTarget, TwimlError
-from bridges.twilio.settings import MachinePolicy
 
 __all__ = [
-    "MACHINE_RESULTS",
     "MAX_REST_TWIML",
-    "MachineAction",
     "TransferTarget",
     "connect_stream",
     "dial",
     "hangup",
-    "machine_action",
     "parse_transfer_target",
     "reject",
     "say_and_hangup",
@@ -42,13 +37,6 @@ __all__ = [
 
 MAX_REST_TWIML: Final = 4000
 """Longest inline ``Twiml`` the REST API accepts (characters, §E.5)."""
-
-MACHINE_RESULTS: Final = frozenset(
-    {"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax"}
-)
-"""``AnsweredBy`` values that are not a person (§E.5)."""
-
-MachineAction: TypeAlias = Literal["continue", "hangup"]
 
 _E164: Final = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _NUMBER_PUNCTUATION: Final = re.compile(r"[\s().\-]")
@@ -164,16 +152,3 @@ def say_and_hangup(message: str) -> str:
     response.say(message)
     response.hangup()
     return _xml(response)
-
-
-def machine_action(answered_by: str | None, policy: MachinePolicy) -> MachineAction:
-    """What to do with an answering-machine detection result (``AnsweredBy``, §E.5).
-
-    A fax is always hung up (nobody can listen); another machine result follows ``policy`` (``continue``: the
-    agent talks, e.g. leaves a message; ``hangup``); ``human``, ``unknown`` and no result continue.
-    """
-    if answered_by == "fax":
-        return "hangup"
-    if answered_by in MACHINE_RESULTS and policy == "hangup":
-        return "hangup"
-    return "continue"

@@ -8,8 +8,11 @@ runner is exercised end to end in ``tests/e2e/test_twilio.py``). Signatures are 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -18,11 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from bridges.base import CallerAudio, CallerDtmf, Leg, LegEvent, LegHangup
+from bridges.twilio.busy import busy_prompt
 from bridges.twilio.protocol import Connected, Dtmf, Media, Start, Stop, encode_message
 from bridges.twilio.rest import TwilioRest
 from bridges.twilio.routes import twilio_routes
@@ -34,8 +39,8 @@ from bridges.twilio.signature import (
     compute_signature,
 )
 from tests.bridges.twilio.fake_api import FakeTwilioApi, fake_twilio_api
-from tests.bridges.twilio.simulator import new_sid
-from tests.conftest import REPO
+from tests.bridges.twilio.simulator import SimulatedTwilioCall, new_sid
+from tests.conftest import REPO, free_port, wait_for_port
 from voice.call.pacer import FramePacer
 from voice.call.tools import ToolRegistry
 from voice.config import Settings
@@ -57,21 +62,45 @@ API_TOKEN = "operator-token"
 
 
 class StubRunner:
-    """Stands in for the call runner: reads the leg's events until it hangs up."""
+    """Stands in for the call runner: reads the leg's events until it hangs up.
 
-    def __init__(self, leg: Leg, profile: AgentProfile, seen: dict[str, StubRunner]) -> None:
+    With a ``store`` it creates the call's record from the leg's metadata when it starts, as the real runner
+    does, once ``gate`` (if any) is set: the window in which the placed call's record has been handed over
+    and the runner's own does not exist yet. ``instruct`` keeps the system notes it is given.
+    """
+
+    def __init__(
+        self,
+        leg: Leg,
+        profile: AgentProfile,
+        seen: dict[str, StubRunner],
+        store: CallStore | None = None,
+        gate: threading.Event | None = None,
+    ) -> None:
         self.leg = leg
         self.profile = profile
         self.events: list[LegEvent] = []
         self.hangups: list[str] = []
+        self.notes: list[tuple[str, bool]] = []
         self.metadata = dict(leg.metadata)
+        self.store = store
+        self.gate = gate
         seen[leg.call_id] = self
 
     @property
     def call_id(self) -> str:
         return self.leg.call_id
 
+    def instruct(self, text: str, *, respond: bool) -> None:
+        self.notes.append((text, respond))
+
     async def run(self) -> str:
+        if self.store is not None:
+            if self.gate is not None:
+                await asyncio.to_thread(self.gate.wait, 10.0)
+            self.store.create_call(
+                self.call_id, leg=self.leg.kind, agent=self.profile.name, metadata=self.leg.metadata
+            )
         async for event in self.leg.events():
             self.events.append(event)
             if isinstance(event, LegHangup):
@@ -94,6 +123,9 @@ class Host:
     store: CallStore
     manager: SessionManager
     runners: dict[str, StubRunner] = field(default_factory=dict)
+    record_calls: bool = False
+    """Runners create their record like the real one (see :class:`StubRunner`)."""
+    gate: threading.Event | None = None
 
     def profile(self, name: str) -> AgentProfile:
         return load_profile(name, self.settings.prompts_dir)
@@ -110,6 +142,10 @@ def make_host(tmp: Path, **twilio: Any) -> Host:
         for name in ("restaurant.toml", "restaurant.md"):
             shutil.copy(REPO / "prompts" / name, prompts / name)
             shutil.copy(REPO / "prompts" / name, prompts / name.replace("restaurant", "sales"))
+        (prompts / "plain.toml").write_text('description = "No answering-machine policy"\n', encoding="utf-8")
+        (prompts / "robocall.toml").write_text(
+            '[answering_machine]\npolicy = "hangup"\n\n[[tools]]\nname = "end_call"\n', encoding="utf-8"
+        )
     api_token = twilio.pop("api_token", None)
     options: dict[str, Any] = {
         "account_sid": ACCOUNT,
@@ -129,9 +165,12 @@ def make_host(tmp: Path, **twilio: Any) -> Host:
     )
     store = CallStore(settings.db_path)
     runners: dict[str, StubRunner] = {}
+    host: Host | None = None
 
     def factory(*, leg: Leg, profile: AgentProfile, **_: Any) -> StubRunner:
-        return StubRunner(leg, profile, runners)
+        assert host is not None
+        recording = host.store if host.record_calls else None
+        return StubRunner(leg, profile, runners, recording, host.gate)
 
     manager = SessionManager(
         settings,
@@ -142,7 +181,8 @@ def make_host(tmp: Path, **twilio: Any) -> Host:
         lambda profile: ToolRegistry(),
         runner_factory=factory,
     )
-    return Host(settings, store, manager, runners)
+    host = Host(settings, store, manager, runners)
+    return host
 
 
 def make_app(host: Host, api: FakeTwilioApi | None) -> Starlette:
@@ -279,17 +319,37 @@ async def test_without_public_url_the_request_url_is_signed(tmp_path: Path, api:
     host.store.close()
 
 
-async def test_busy_or_draining_rejects_the_call(host: Host, http: httpx.AsyncClient) -> None:
+async def test_busy_or_draining_says_so_hangs_up_and_records_the_refusal(
+    host: Host, http: httpx.AsyncClient
+) -> None:
     held = [host.manager.admit() for _ in range(host.settings.max_calls)]
     form = incoming_form()
     answer = await http.post("/twilio/voice", data=form, headers=signed("/twilio/voice", form))
-    reject = ET.fromstring(answer.text).find("Reject")
-    assert reject is not None and reject.attrib["reason"] == "busy"
+    root = ET.fromstring(answer.text)
+    assert [child.tag for child in root] == ["Say", "Hangup"]
+    assert root[0].text == host.settings.twilio.busy_message
+    (refused,) = host.store.list_calls(leg="twilio")
+    assert refused["status"] == "ended" and refused["end_reason"] == "refused"
+    assert refused["caller"] == CALLER and refused["callee"] == OUR_NUMBER
+    assert refused["metadata"]["refused"] == "busy" and refused["metadata"]["refused_at"] == "webhook"
+    assert refused["metadata"]["call_sid"] == form["CallSid"]
+    # Twilio's later status callback for the refused call lands on that record.
+    done = {"CallSid": form["CallSid"], "CallStatus": "completed", "CallDuration": "4"}
+    assert (
+        await http.post("/twilio/status", data=done, headers=signed("/twilio/status", done))
+    ).status_code == 200
+    row = host.store.get_call(refused["id"])
+    assert row is not None and row["metadata"]["twilio"]["outcome"] == "completed"
     for admission in held:
         admission.release()
     host.manager.begin_drain()
+    form = incoming_form()
     answer = await http.post("/twilio/voice", data=form, headers=signed("/twilio/voice", form))
-    assert ET.fromstring(answer.text).find("Reject") is not None
+    assert ET.fromstring(answer.text).find("Say") is not None
+    draining = [
+        c for c in host.store.list_calls(leg="twilio") if c["metadata"]["call_sid"] == form["CallSid"]
+    ]
+    assert [c["metadata"]["refused"] for c in draining] == ["draining"]
 
 
 async def test_voice_webhook_without_call_sid_is_400(http: httpx.AsyncClient) -> None:
@@ -301,9 +361,9 @@ async def test_voice_webhook_without_call_sid_is_400(http: httpx.AsyncClient) ->
 # POST /twilio/status ----------------------------------------------------------------------------------------
 
 
-def ringing_call(host: Host, call_sid: str) -> str:
+def ringing_call(host: Host, call_sid: str, agent: str | None = None) -> str:
     call_id = host.store.create_call(
-        leg="twilio", callee="+15551230000", status="ringing", metadata={"call_sid": call_sid}
+        leg="twilio", callee="+15551230000", agent=agent, status="ringing", metadata={"call_sid": call_sid}
     )
     return call_id
 
@@ -343,7 +403,7 @@ async def test_answering_machine_under_hangup_policy_hangs_up_through_rest(
     host = make_host(tmp_path, machine_policy="hangup")
     transport = httpx.ASGITransport(app=make_app(host, api))
     call_sid = new_sid("CA")
-    call_id = ringing_call(host, call_sid)
+    call_id = ringing_call(host, call_sid, agent="plain")  # no policy of its own: the service's applies
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as http:
         form = {"CallSid": call_sid, "CallStatus": "in-progress", "AnsweredBy": "human"}
         assert (
@@ -540,15 +600,22 @@ def test_stream_upgrade_without_a_valid_signature_is_refused(
     assert host.runners == {}
 
 
-def test_stream_when_busy_is_refused(host: Host, api: FakeTwilioApi) -> None:
+def test_stream_when_busy_without_start_is_closed_after_the_timeout(
+    tmp_path: Path, api: FakeTwilioApi
+) -> None:
+    host = make_host(tmp_path, start_timeout_s=0.3)
     held = [host.manager.admit() for _ in range(host.settings.max_calls)]
     with TestClient(make_app(host, api)) as client:
         sig = {SIGNATURE_HEADER: compute_signature(STREAM, {}, TOKEN)}
-        with pytest.raises(WebSocketDisconnect), client.websocket_connect("/twilio/stream", headers=sig):
-            pass
-    assert host.runners == {}
+        with client.websocket_connect("/twilio/stream", headers=sig) as ws:
+            ws.send_text(encode_message(Connected()))
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_text()
+            assert closed.value.code == 1008
+    assert host.runners == {} and host.store.list_calls() == []  # nothing known of the call to record
     for admission in held:
         admission.release()
+    host.store.close()
 
 
 def test_stream_without_start_is_closed_after_the_timeout(tmp_path: Path, api: FakeTwilioApi) -> None:
@@ -622,4 +689,209 @@ def test_stream_legs_carry_the_default_transfer_target(tmp_path: Path, api: Fake
     runner = host.runners["call_desk00000001"]
     assert runner.metadata["transfer_target"] == "+15550003333"
     assert runner.metadata["signature"] == "HMAC_SHA1"
+    host.store.close()
+
+
+# Answering machines and the hand-over of a placed call's record ---------------------------------------------
+
+
+def placed_call(host: Host, agent: str = "restaurant") -> tuple[str, str]:
+    """A call placed by ``POST /api/calls`` that rings: its ``ringing`` record (call id, CallSid)."""
+    call_sid = new_sid("CA")
+    call_id = host.store.create_call(
+        leg="twilio",
+        callee="+15551230000",
+        agent=agent,
+        status="ringing",
+        metadata={
+            "call_sid": call_sid,
+            "direction": "outbound",
+            "twilio": {"status": "queued", "statuses": []},
+        },
+    )
+    return call_id, call_sid
+
+
+def post_status(client: TestClient, call_sid: str, status: str, **extra: str) -> None:
+    form = {"CallSid": call_sid, "AccountSid": ACCOUNT, "CallStatus": status, **extra}
+    answer = client.post("/twilio/status", data=form, headers=signed("/twilio/status", form))
+    assert answer.status_code == 200, answer.text
+
+
+def until(predicate: Any, within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def open_stream(ws: Any, call_sid: str, params: dict[str, str]) -> str:
+    stream_sid = new_sid("MZ")
+    ws.send_text(encode_message(Connected()))
+    ws.send_text(start_message(stream_sid, call_sid, params))
+    return stream_sid
+
+
+def end_stream(ws: Any, stream_sid: str, call_sid: str) -> None:
+    ws.send_text(encode_message(Stop(stream_sid, ACCOUNT, call_sid)))
+    with pytest.raises(WebSocketDisconnect):
+        while True:
+            ws.receive_text()
+
+
+def statuses(row: dict[str, Any] | None) -> list[str | None]:
+    assert row is not None
+    return [entry.get("status") for entry in row["metadata"]["twilio"]["statuses"]]
+
+
+@pytest.mark.parametrize("answered_by", ["machine_end_beep", "machine_start"])
+def test_statuses_and_amd_during_the_hand_over_are_kept_and_applied(
+    host: Host, api: FakeTwilioApi, answered_by: str
+) -> None:
+    """A callback that arrives after the placed record was handed to the stream and before the runner has
+    created the call's own record goes into that record, and the machine result reaches the live call."""
+    host.record_calls, host.gate = True, threading.Event()
+    call_id, call_sid = placed_call(host)
+    with TestClient(make_app(host, api)) as client:
+        post_status(client, call_sid, "ringing")
+        with client.websocket_connect("/twilio/stream", headers=signed_stream()) as ws:
+            stream_sid = open_stream(ws, call_sid, {"agent": "restaurant", "call_id": call_id})
+            until(lambda: call_id in host.runners)
+            assert host.store.get_call(call_id) is None  # handed over; the runner's record is not there yet
+            post_status(client, call_sid, "in-progress")
+            post_status(client, call_sid, "in-progress", AnsweredBy=answered_by)
+            runner = host.runners[call_id]
+            assert runner.notes == []  # the live call hears of it once its record exists
+            host.gate.set()
+            until(lambda: bool(runner.notes))
+            post_status(client, call_sid, "in-progress", SequenceNumber="9")  # after: straight to the record
+            end_stream(ws, stream_sid, call_sid)
+    row = host.store.get_call(call_id)
+    assert statuses(row) == ["ringing", "in-progress", "in-progress", "in-progress"]
+    assert row is not None and row["metadata"]["twilio"]["answered_by"] == answered_by
+    assert row["metadata"]["twilio"]["machine_action"] == "leave_message"
+    ((note, respond),) = runner.notes
+    assert "voicemail" in note and "end_call" in note and "Luigi's Trattoria" in note
+    assert respond is (answered_by == "machine_end_beep")  # during the greeting the agent waits for it to end
+    assert api.requests == []
+
+
+def test_amd_while_the_call_still_rings_reaches_the_call_once_it_streams(
+    host: Host, api: FakeTwilioApi
+) -> None:
+    host.record_calls = True
+    call_id, call_sid = placed_call(host)
+    with TestClient(make_app(host, api)) as client:
+        post_status(client, call_sid, "in-progress", AnsweredBy="machine_end_silence")
+        with client.websocket_connect("/twilio/stream", headers=signed_stream()) as ws:
+            stream_sid = open_stream(ws, call_sid, {"agent": "restaurant", "call_id": call_id})
+            until(lambda: call_id in host.runners and bool(host.runners[call_id].notes))
+            end_stream(ws, stream_sid, call_sid)
+    assert host.runners[call_id].notes[0][1] is True
+    row = host.store.get_call(call_id)
+    assert row is not None and row["metadata"]["twilio"]["answered_by"] == "machine_end_silence"
+
+
+def test_agent_hangup_policy_hangs_up_through_rest_and_ends_the_live_call(
+    host: Host, api: FakeTwilioApi
+) -> None:
+    host.record_calls = True
+    call_id, call_sid = placed_call(host, agent="robocall")
+    with (
+        TestClient(make_app(host, api)) as client,
+        client.websocket_connect("/twilio/stream", headers=signed_stream()) as ws,
+    ):
+        open_stream(ws, call_sid, {"agent": "robocall", "call_id": call_id})
+        until(lambda: host.store.get_call(call_id) is not None)
+        post_status(client, call_sid, "in-progress", AnsweredBy="machine_start")
+        until(lambda: host.runners[call_id].hangups == ["answering_machine"])
+        with pytest.raises(WebSocketDisconnect):
+            while True:
+                ws.receive_text()
+    (hangup,) = api.requests
+    assert hangup.path.endswith(f"/Calls/{call_sid}.json") and hangup.field("Status") == "completed"
+    assert host.runners[call_id].notes == []
+
+
+def test_talk_policy_does_nothing_special(tmp_path: Path, api: FakeTwilioApi) -> None:
+    host = make_host(tmp_path)  # the service's policy: talk
+    host.record_calls = True
+    call_id, call_sid = placed_call(host, agent="plain")
+    with (
+        TestClient(make_app(host, api)) as client,
+        client.websocket_connect("/twilio/stream", headers=signed_stream()) as ws,
+    ):
+        stream_sid = open_stream(ws, call_sid, {"agent": "plain", "call_id": call_id})
+        until(lambda: host.store.get_call(call_id) is not None)
+        post_status(client, call_sid, "in-progress", AnsweredBy="machine_end_beep")
+        end_stream(ws, stream_sid, call_sid)
+    runner = host.runners[call_id]
+    assert runner.notes == [] and runner.hangups == [] and api.requests == []
+    row = host.store.get_call(call_id)
+    assert row is not None and row["metadata"]["twilio"]["machine_action"] == "talk"
+    host.store.close()
+
+
+def test_status_of_an_incoming_call_before_its_stream_is_recorded(host: Host, api: FakeTwilioApi) -> None:
+    host.record_calls = True
+    with TestClient(make_app(host, api)) as client:
+        form = incoming_form()
+        answer = client.post("/twilio/voice", data=form, headers=signed("/twilio/voice", form))
+        params = stream_of(answer.text)[1]
+        post_status(client, form["CallSid"], "in-progress")  # neither record nor stream yet
+        with client.websocket_connect("/twilio/stream", headers=signed_stream()) as ws:
+            stream_sid = open_stream(ws, form["CallSid"], params)
+            until(lambda: host.store.get_call(params["call_id"]) is not None)
+            end_stream(ws, stream_sid, form["CallSid"])
+    assert statuses(host.store.get_call(params["call_id"])) == ["in-progress"]
+
+
+def signed_stream() -> dict[str, str]:
+    return {SIGNATURE_HEADER: compute_signature(STREAM, {}, TOKEN)}
+
+
+async def test_stream_refused_at_the_socket_plays_the_busy_prompt_and_records_the_refusal(
+    tmp_path: Path, api: FakeTwilioApi
+) -> None:
+    """The race: the webhook saw a free line, the stream finds none. Over a real socket, the simulated Twilio
+    caller hears the whole busy prompt (marks echoed as played), then the stream is closed normally."""
+    host = make_host(tmp_path)
+    held = [host.manager.admit() for _ in range(host.settings.max_calls)]
+    port = free_port()
+    config = uvicorn.Config(
+        make_app(host, api),
+        host="127.0.0.1",
+        port=port,
+        ws="websockets-sansio",
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        await asyncio.to_thread(wait_for_port, port)
+        params = {"agent": "restaurant", "call_id": "call_raced0000001", "from": CALLER, "to": OUR_NUMBER}
+        sim = SimulatedTwilioCall(
+            f"ws://127.0.0.1:{port}/twilio/stream",
+            auth_token=TOKEN,
+            signed_url=STREAM,
+            account_sid=ACCOUNT,
+            custom_parameters=params,
+        )
+        async with sim:
+            await asyncio.wait_for(sim.closed.wait(), 20)
+    finally:
+        server.should_exit = True
+        await serving
+    prompt = busy_prompt(host.settings.twilio.busy_message)
+    assert sim.heard_audio() == prompt  # every frame of it played before the close
+    assert sim.close_code == 1000 and sim.protocol_errors == []
+    assert host.runners == {}
+    row = host.store.get_call("call_raced0000001")
+    assert row is not None and row["status"] == "ended" and row["end_reason"] == "refused"
+    assert row["caller"] == CALLER and row["metadata"]["call_sid"] == sim.call_sid
+    assert row["metadata"]["refused"] == "busy" and row["metadata"]["refused_at"] == "stream"
+    for admission in held:
+        admission.release()
     host.store.close()

@@ -8,12 +8,10 @@ import pytest
 
 from bridges.twilio.errors import InvalidTransferTarget, TwimlError
 from bridges.twilio.twiml import (
-    MACHINE_RESULTS,
     TransferTarget,
     connect_stream,
     dial,
     hangup,
-    machine_action,
     parse_transfer_target,
     reject,
     say_and_hangup,
@@ -125,23 +123,3 @@ def test_hangup_reject_say() -> None:
     assert say_and_hangup("All lines are busy & full.") == (
         DECL + "<Response><Say>All lines are busy &amp; full.</Say><Hangup /></Response>"
     )
-
-
-@pytest.mark.parametrize("answered_by", sorted(MACHINE_RESULTS))
-def test_machine_policy_hangup(answered_by: str) -> None:
-    assert machine_action(answered_by, "hangup") == "hangup"
-
-
-@pytest.mark.parametrize(
-    ("answered_by", "policy", "action"),
-    [
-        ("human", "hangup", "continue"),
-        ("unknown", "hangup", "continue"),
-        (None, "hangup", "continue"),
-        ("machine_end_beep", "continue", "continue"),
-        ("machine_start", "continue", "continue"),
-        ("fax", "continue", "hangup"),
-    ],
-)
-def test_machine_policy_table(answered_by: str | None, policy: str, action: str) -> None:
-    assert machine_action(answered_by, policy) == action  # type: ignore[arg-type]
