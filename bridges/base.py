@@ -4,7 +4,7 @@ A *leg* is one caller-side transport (Twilio Media Streams, SIP + RTP, WebRTC, a
 the way the call needs it:
 
 - inbound events (:data:`LegEvent`): caller audio in the leg's codec with a media timestamp, DTMF digits,
-  the leg's own playout clock (:class:`PlaybackReport`) and hang-up;
+  the leg's own playout clock (:class:`PlaybackReport`), hold and resume (:class:`LegHold`) and hang-up;
 - outbound calls: ``play`` one paced 20 ms frame, ``clear`` what is not yet played, ``send_dtmf``,
   ``transfer``, ``hangup``, ``send_control`` (UI messages for legs that have a UI);
 - capabilities (:class:`LegCapabilities`).
@@ -34,6 +34,7 @@ __all__ = [
     "LegCapabilities",
     "LegEvent",
     "LegHangup",
+    "LegHold",
     "LegKind",
     "PlaybackReport",
     "bytes_per_ms",
@@ -147,13 +148,22 @@ class PlaybackReport:
 
 
 @dataclass(frozen=True, slots=True)
+class LegHold:
+    """The caller side stopped (``held``) or resumed taking our audio: a SIP re-INVITE that puts the call on
+    hold (RFC 3264 §8.4: ``sendonly``/``inactive`` from the peer) or takes it off. While held, agent audio is
+    not played (the playout clock stops, so nothing sent into the void counts as heard)."""
+
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
 class LegHangup:
     """The caller side ended (BYE, stream stop, socket closed)."""
 
     reason: str
 
 
-LegEvent: TypeAlias = CallerAudio | CallerDtmf | PlaybackReport | LegHangup
+LegEvent: TypeAlias = CallerAudio | CallerDtmf | PlaybackReport | LegHold | LegHangup
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +171,17 @@ class LegCapabilities:
     """What a leg can do.
 
     ``codecs``: the codecs it can exchange with the call (first = preferred); ``native_dtmf``: it can send
-    DTMF out of band (RFC 4733, Twilio ``<Play digits>``) rather than as in-band tones; ``can_transfer``: it
-    can hand the caller to another destination (SIP REFER, Twilio ``<Dial>``); ``reports_playback``: it
-    sends :class:`PlaybackReport` events, so the call's idea of "heard" comes from the leg.
+    DTMF out of band (RFC 4733, Twilio ``<Play digits>``) rather than as in-band tones; ``sends_dtmf_tones``:
+    it renders DTMF itself as exact in-band tone pairs in its outbound audio, in sequence with the agent's
+    frames and never mixed with them (the Twilio leg), so the call hands ``send_dtmf`` to the leg instead of
+    mixing tones into the agent's audio; ``can_transfer``: it can hand the caller to another destination (SIP
+    REFER, Twilio ``<Dial>``); ``reports_playback``: it sends :class:`PlaybackReport` events, so the call's
+    idea of "heard" comes from the leg.
     """
 
     codecs: tuple[AudioCodec, ...]
     native_dtmf: bool = False
+    sends_dtmf_tones: bool = False
     can_transfer: bool = False
     reports_playback: bool = False
 

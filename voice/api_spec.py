@@ -189,8 +189,11 @@ PATHS: Final[dict[str, Any]] = {
             },
         },
         "post": {
-            "summary": "Place an outbound phone call through Twilio that connects the callee to an agent.",
-            "description": "Needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and VOICE_PUBLIC_URL. The call "
+            "summary": "Place an outbound call that connects the callee to an agent (Twilio, or SIP).",
+            "description": "A `to` that is a sip:/sips: URI is called through the service's own SIP user "
+            "agent, exactly as POST /api/sip/calls (the body and answers of that route), unless the body "
+            'says `"via": "twilio"`; `"via": "sip"` forces it. Phone numbers and client:NAME go through '
+            "Twilio: needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and VOICE_PUBLIC_URL. The call "
             "record is created at once with status ringing; Twilio's status callbacks (POST /twilio/status) "
             "record the outcome (completed, busy, no_answer, failed, canceled) and answering-machine "
             "results. When the callee answers, the call's Media Stream connects and the record goes live "
@@ -214,6 +217,11 @@ PATHS: Final[dict[str, Any]] = {
                                     "VOICE_TWILIO_FROM_NUMBER.",
                                 },
                                 "agent": {"type": "string", "description": "Agent profile; default agent."},
+                                "via": {
+                                    "type": "string",
+                                    "enum": ["twilio", "sip"],
+                                    "description": "Default: sip for sip:/sips: URIs, else twilio.",
+                                },
                                 "machine_detection": {
                                     "type": "string",
                                     "enum": ["off", "Enable", "DetectMessageEnd"],
@@ -297,8 +305,13 @@ PATHS: Final[dict[str, Any]] = {
             "summary": "Place an outbound SIP call through the service's own user agent (bridges/sip).",
             "description": "The service sends an INVITE with an SDP offer (PCMU, PCMA, telephone-event) to "
             "the sip: URI, through the configured trunk when there is one (Digest authentication on "
-            "401/407), and answers once the callee answered: the call then runs like an inbound one. Also "
-            "`voice call sip:USER@HOST[:PORT] [--agent NAME]`.",
+            "401/407). It answers at once (status dialing; the record exists with status ringing and "
+            "metadata.sip.state dialing, ringing or early_media) and dials in the background. Answered: the "
+            "call runs like an inbound one under the same id; early media with speech (an IVR speaking "
+            "before it answers) reaches the agent first, ringback alone does not. Not answered: the record "
+            "ends with end_reason busy, no_answer, rejected, canceled or failed and metadata.sip.status_code "
+            "and reason (GET /api/calls/{id}). sips: URIs need TLS, which the user agent does not offer "
+            "(400). Also `voice call sip:USER@HOST[:PORT] [--agent NAME] [--wait]`.",
             "requestBody": {
                 "required": True,
                 "content": {
@@ -310,6 +323,12 @@ PATHS: Final[dict[str, Any]] = {
                                 "to": {"type": "string", "example": "sip:alice@192.0.2.10:5060"},
                                 "from": {"type": "string", "description": "User part of our From."},
                                 "agent": {"type": "string", "description": "Agent profile; default agent."},
+                                "ring_timeout_s": {"type": "number", "minimum": 1, "maximum": 600},
+                                "wait": {
+                                    "type": "boolean",
+                                    "description": "Answer only once the call is answered (201) or "
+                                    "failed (502).",
+                                },
                             },
                         }
                     }
@@ -321,16 +340,21 @@ PATHS: Final[dict[str, Any]] = {
                         "type": "object",
                         "properties": {
                             "call_id": {"type": "string"},
-                            "status": {"type": "string", "enum": ["answered"]},
+                            "status": {"type": "string", "enum": ["dialing", "answered"]},
                             "to": {"type": "string"},
+                            "from": {"type": "string"},
                             "agent": {"type": "string"},
+                            "via": {"const": "sip"},
                         },
                     },
-                    "The callee answered; the call is live under call_id.",
+                    "Dialing under call_id (answered with wait).",
                 ),
                 "400": _err("The body or the sip: URI could not be used."),
                 "404": _err("Unknown agent."),
-                "502": _err("The call failed (error.sip_status: the SIP final response, 408 on timeout)."),
+                "502": _err(
+                    "With wait: the call failed (error.outcome, error.sip_status: the SIP final response, "
+                    "408 when nothing answered; error.call_id: its record)."
+                ),
                 "503": _err("SIP is off, or no call slot (busy, draining)."),
                 **_AUTH_ERRORS,
             },
@@ -340,7 +364,8 @@ PATHS: Final[dict[str, Any]] = {
         "post": {
             "summary": "Mint a short-lived signed caller token for a public page or the widget.",
             "description": "Give the token to the page (widget data-token or data-token-url). It authorizes "
-            "one /ws/browser connection until it expires, for the given agent and page origin if set.",
+            "one call (/ws/browser or WebRTC) until it expires, for the given agent and page origin if set; "
+            "a second call with the same token is refused (token_used): mint one per call.",
             "requestBody": {
                 "content": {
                     "application/json": {
@@ -388,7 +413,7 @@ PATHS: Final[dict[str, Any]] = {
             "Answers TwiML that connects the call to the agent over a bidirectional Media Stream "
             "(WS /twilio/stream). "
             "The agent: ?agent=NAME on the webhook URL, else the called number's agent "
-            "(VOICE_TWILIO_NUMBERS), else the default. Busy: <Reject reason=busy>.",
+            "(VOICE_TWILIO_NUMBERS), else the default. Busy: <Say> a busy message, <Hangup/>.",
             "security": [],
             "parameters": [{"name": "agent", "in": "query", "schema": {"type": "string"}}],
             "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}},
@@ -528,8 +553,9 @@ Authentication: `Authorization: Bearer <api_token>` (setting `api_token`, env `V
 token configured the API answers only to loopback clients that call it by a loopback host name.
 
 Browser calls use the WebSocket `/ws/browser?agent=NAME&token=TOKEN` (protocol in
-`bridges/browser/PROTOCOL.md`); tokens come from `POST /api/tokens`. Close codes: 1000 normal, 1008 refused
-(auth, origin, unknown agent), 1013 busy or draining (try again later), 1011 internal error.
+`bridges/browser/PROTOCOL.md`); tokens come from `POST /api/tokens`, one per call. Close codes: 1000 normal,
+1008 refused (auth, origin, token already used, unknown agent), 1013 busy, draining or rate limited (try
+again later), 1011 internal error.
 
 WebRTC calls (the widget's default): `GET /webrtc/config` for the ICE servers, then `POST /webrtc/offer` with
 a complete SDP offer; the same caller tokens and origin checks as `/ws/browser`.

@@ -21,7 +21,9 @@ Routes (the operator API is documented in :mod:`voice.api_spec`, served at ``/ap
 
 Operator routes need ``Authorization: Bearer <settings.api_token>``; with no token configured they answer
 only to loopback clients (:func:`voice.auth.check_operator`). Browser calls are authorized by
-:func:`voice.auth.check_browser` (signed token, origin allowlist, open on loopback for development).
+:func:`voice.auth.check_browser` (signed token, origin allowlist, open on loopback for development); each
+client address may start only so many (:mod:`voice.ratelimit`, checked first), and a token starts one call
+(:func:`voice.auth.spend`, once the call is admitted).
 
 Start-up (:func:`create_app`): open the call store and close calls a crash left open
 (:meth:`~voice.store.CallStore.mark_interrupted_calls`). Lifespan: start the frame pacer, warm the local
@@ -57,13 +59,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 
-from bridges.sip.service import sip_lifespan, sip_routes
+from bridges.sip.service import cancel_dialing, sip_lifespan, sip_routes
 from bridges.twilio.routes import twilio_routes
 from bridges.webrtc.routes import routes as webrtc_routes
 from voice import __version__, api_spec
-from voice.auth import MAX_TOKEN_TTL_S, AuthError, check_browser, mint
+from voice.auth import MAX_TOKEN_TTL_S, AuthError, check_browser, mint, spend
 from voice.call.agent_tools import restaurant_registry
-from voice.call.pacer import FramePacer
+from voice.call.pacer import FramePacer, tune_gc
 from voice.call.tools import ToolRegistry
 from voice.call.upstream import UpstreamOpener
 from voice.config import Settings
@@ -73,11 +75,14 @@ from voice.httputil import error_response as _error
 from voice.httputil import operator_refusal, read_json_object
 from voice.logs import get_logger
 from voice.manager import Admission, CallRefused, SessionManager
+from voice.metrics import CALLS_REFUSED
 from voice.profiles import AgentProfile, load_profile, profile_names
 from voice.query import QueryError, parse_limit, parse_when
+from voice.ratelimit import ClientRateLimiter
 from voice.realtime.client import safe_url, upstream_target
 from voice.realtime.pricing import PriceTable, default_price_table, with_overrides
 from voice.store import CALL_STATUSES, CallStore
+from voice.wsprotocol import StreamingWSProtocol
 
 __all__ = [
     "WEB_DIR",
@@ -141,6 +146,8 @@ class Service:
     price_table: PriceTable
     token_secret: str
     mode: str
+    browser_limiter: ClientRateLimiter
+    """New browser calls per client address (``settings.browser_rate_*``)."""
     engine: Any | None = None
     """The local engine's ``EngineServices`` when it runs in this process."""
     upstream_ready: bool = False
@@ -189,6 +196,7 @@ class Service:
             self.upstream_detail = f"local engine warm-up failed: {exc}"
         else:
             self.upstream_detail = "local engine"
+            tune_gc()  # the speech models are loaded: keep collections from walking them
         self.upstream_ready = True
 
     async def _probe_upstream(self) -> None:
@@ -368,6 +376,8 @@ async def hangup_call(request: Request) -> JSONResponse:
     call_id = request.path_params["call_id"]
     if await service.manager.hangup(call_id, "operator"):
         return JSONResponse({"call_id": call_id, "status": "ending"}, status_code=202)
+    if await cancel_dialing(service, call_id):  # an outbound SIP call still ringing: CANCEL it
+        return JSONResponse({"call_id": call_id, "status": "canceled"}, status_code=202)
     row = service.store.get_call(call_id)
     if row is None:
         return _error(404, "not_found", f"no call {call_id!r}")
@@ -453,6 +463,15 @@ async def browser_call(websocket: WebSocket) -> None:
     """``/ws/browser``: authorize, admit, then run one call on a :class:`~bridges.browser.leg.BrowserLeg`."""
     service = _service(websocket)
     settings = service.settings
+    limited = service.browser_limiter.check(_client_host(websocket), time.monotonic())
+    if not limited.allowed:
+        CALLS_REFUSED.labels(reason="rate_limited").inc()
+        wait = limited.retry_after_whole_s
+        await _refuse(
+            websocket, WS_CLOSE_TRY_LATER, "rate_limited",
+            f"rate limited: too many new calls from your address; try again in {wait} s",
+        )  # fmt: skip
+        return
     agent = websocket.query_params.get("agent") or settings.agent
     try:
         grant = check_browser(
@@ -479,6 +498,19 @@ async def browser_call(websocket: WebSocket) -> None:
         await _refuse(websocket, WS_CLOSE_TRY_LATER, exc.reason, exc.message)
         return
     with admission:
+        try:
+            spend(grant, service.store, time.time())
+        except AuthError as exc:  # a replayed token: refused and counted (the jti is no secret)
+            CALLS_REFUSED.labels(reason=exc.code).inc()
+            _log.warning(
+                "browser_token_replayed", client=_client_host(websocket), jti=grant.claims.get("jti")
+            )
+            await _refuse(websocket, WS_CLOSE_POLICY, exc.code, exc.message)
+            return
+        except RecordError as exc:  # fail closed: a token that cannot be recorded as spent is not honoured
+            _log.error("browser_token_not_recorded", error=str(exc))
+            await _refuse(websocket, WS_CLOSE_INTERNAL, "internal_error", "the call could not be started")
+            return
         await _run_browser_call(websocket, service, profile, admission, grant.mode)
 
 
@@ -595,6 +627,12 @@ def create_app(
         price_table=price_table,
         token_secret=secret,
         mode=mode,
+        browser_limiter=ClientRateLimiter(
+            settings.browser_rate_per_s,
+            settings.browser_rate_burst,
+            max_clients=settings.browser_rate_max_clients,
+            limit_loopback=settings.browser_rate_loopback,
+        ),
         engine=engine_services,
     )
     if not run_engine and mode == "local":
@@ -610,6 +648,7 @@ def create_app(
         await service.start()
         try:
             async with sip_lifespan(service):  # the SIP user agent (bridges/sip/service.py)
+                tune_gc()  # no long collection pauses in the middle of pacing (voice.call.pacer.tune_gc)
                 yield
         finally:
             await service.stop()
@@ -692,7 +731,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=StreamingWSProtocol,
         ws_max_size=ws_max_size(settings) if service.engine is not None else MAX_WS_FRAME,
         ws_per_message_deflate=False,
         log_config=None,

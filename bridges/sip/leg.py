@@ -1,5 +1,9 @@
 """The SIP leg: a :class:`bridges.base.Leg` over one answered SIP call and its RTP session.
 
+- Early media (outbound calls): what the callee's side played before answering (an IVR's prompt) comes
+  first, each frame stamped ``media_ms`` 0, before the caller audio of the answered call; ringback and
+  silence alone give nothing (:mod:`bridges.sip.early_media`, :meth:`RtpSession.start
+  <bridges.sip.rtp_session.RtpSession.start>`).
 - Audio: PCMU or PCMA as negotiated (RFC 3551 §4.5.14), passed to and from the upstream byte for byte;
   :meth:`SipLeg.play` sends one RTP packet per paced 20 ms frame, so the playout clock is the RTP send clock
   (``reports_playback`` False: heard = sent). :meth:`SipLeg.clear` has nothing to drop: no audio is queued
@@ -7,6 +11,9 @@
 - DTMF in: RFC 4733 events, in-band tones and SIP INFO ``application/dtmf-relay``, each as
   :class:`~bridges.base.CallerDtmf`. Out: :meth:`SipLeg.send_dtmf` as RFC 4733 events when the peer
   negotiated ``telephone-event`` (``native_dtmf``), else the runner plays tones in-band.
+- Hold: a re-INVITE that leaves us unable to send (the peer's ``sendonly``/``inactive``, RFC 3264 §8.4)
+  gives :class:`~bridges.base.LegHold` ``(True)``, so agent playout stops rather than being sent to nobody;
+  resuming gives ``LegHold(False)``.
 - :meth:`SipLeg.transfer` sends REFER (RFC 3515) and waits for the NOTIFY that reports the outcome;
   :meth:`SipLeg.hangup` sends BYE (RFC 3261 §15) and closes the media; a BYE from the caller ends
   :meth:`SipLeg.events` with a :class:`~bridges.base.LegHangup`.
@@ -21,7 +28,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Final
 
-from bridges.base import AudioCodec, CallerDtmf, LegCapabilities, LegEvent, LegHangup, LegKind
+from bridges.base import AudioCodec, CallerDtmf, LegCapabilities, LegEvent, LegHangup, LegHold, LegKind
 from bridges.sip.message import SipParseError, SipRequest, SipUri
 from bridges.sip.sdp import NegotiatedMedia
 from bridges.sip.ua import SipCall
@@ -75,6 +82,7 @@ class SipLeg:
         self.log = get_logger(call_id=self.call_id, component="sip_leg")
         self._events: asyncio.Queue[LegEvent] = asyncio.Queue()
         self._ended = False
+        self._held = False
         self._notify: asyncio.Queue[int] = asyncio.Queue()
         self.codec: AudioCodec = call.media.audio_codec
         call.on_ended = self._on_ended
@@ -91,6 +99,10 @@ class SipLeg:
     def start(self) -> None:
         """Start the media clock (caller audio and DTMF flow into :meth:`events`)."""
         self.call.rtp.start(self._events.put_nowait)
+        media = self.call.media
+        if media is not None and not media.sends:  # answered on hold (an offer with sendonly/inactive)
+            self._held = True
+            self._events.put_nowait(LegHold(True))
 
     # -- inbound -------------------------------------------------------------------------------------
 
@@ -111,6 +123,11 @@ class SipLeg:
 
     def _on_media(self, media: NegotiatedMedia) -> None:
         self.log.info("sip.media_changed", direction=media.direction, codec=media.codec.name)
+        held = not media.sends
+        if held != self._held:
+            self._held = held
+            self.log.info("sip.hold" if held else "sip.resume", direction=media.direction)
+            self._events.put_nowait(LegHold(held))
 
     # -- outbound ------------------------------------------------------------------------------------
 

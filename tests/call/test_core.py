@@ -811,3 +811,26 @@ def test_refused_response_create_is_retried_when_wanted_again() -> None:
     )
     sim.dtmf("2")
     assert len(sim.upstream("response.create")) == 2
+
+
+def test_hold_stops_playout_and_a_barge_in_after_it_truncates_at_what_was_heard() -> None:
+    sim = Sim()
+    sim.up(response_created(), audio_delta("item_a", tone(2000)), audio_done("item_a"))
+    sim.run(400)  # 400 ms of the answer played
+    assert len(sim.all(PlayFrame)) == 20
+    held_at = sim.now
+    sim._keep(sim.core.hold(True, sim.now))
+    sim.run(600)  # on hold: nothing is played, so nothing more counts as heard
+    assert not sim.all(PlayFrame, since=held_at)
+    assert sim.core.agent_speaking
+    sim._keep(sim.core.hold(True, sim.now))  # a repeated hold changes nothing
+    sim._keep(sim.core.hold(False, sim.now))
+    resumed_at = sim.now
+    sim.run(200)  # playout goes on where it stopped
+    resumed = sim.all(PlayFrame, since=resumed_at)
+    assert len(resumed) == 10 and resumed[0].item_ms == 420
+    sim.up(speech_started(sim.now))
+    (truncate,) = sim.upstream("conversation.item.truncate")
+    assert truncate["item_id"] == "item_a" and truncate["audio_end_ms"] == 600
+    metrics = [a.name for a in sim.all(Metric)]
+    assert metrics.count("call.held") == 1 and metrics.count("call.resumed") == 1

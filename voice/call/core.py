@@ -290,6 +290,8 @@ class CallCore:
             vad_factory=vad_factory,
         )
         self.window = PauseWindow(barge_in_window_ms)
+        self.held = False
+        """The caller side has put the call on hold: no agent frames are played (:meth:`hold`)."""
         self.dtmf = DtmfCollector(profile.dtmf)
         self._log = get_logger(call_id=call_id, component="call_core")
         self._texts: dict[str, _AgentText] = {}
@@ -360,6 +362,12 @@ class CallCore:
     def tick(self, now_ms: int) -> list[Action]:
         """The 20 ms pacer: at most one :class:`PlayFrame`, plus timer work."""
         return self._guard(self._tick, now_ms)
+
+    def hold(self, held: bool, now_ms: int) -> list[Action]:
+        """The leg stopped (``held``) or resumed taking agent audio. While held the pacer plays nothing, so
+        the playout clock stops where the caller stopped hearing; queued and arriving audio waits and plays
+        on resume. Caller audio, DTMF and upstream events go on as usual."""
+        return self._guard(self._hold, held, now_ms)
 
     def end(self, reason: str, now_ms: int) -> list[Action]:
         """The call is over (either side); later inputs return nothing."""
@@ -443,13 +451,19 @@ class CallCore:
 
     # Pacer -----------------------------------------------------------------------------------------------
 
+    def _hold(self, held: bool, now_ms: int) -> list[Action]:
+        if held == self.held:
+            return []
+        self.held = held
+        return [Metric("call.held" if held else "call.resumed")]
+
     def _tick(self, now_ms: int) -> list[Action]:
         actions: list[Action] = []
         if self.window.expired(now_ms):
             held = self.window.stop(now_ms)
             self.playout.paused = False
             actions.append(Metric("bargein.resumed", float(held or 0)))
-        frame, closed = self.playout.next_frame(now_ms)
+        frame, closed = self.playout.next_frame(now_ms) if not self.held else (None, [])
         if frame is not None:
             self.detector.agent_played(frame.audio, now_ms)
             self._last_frame_ms = now_ms

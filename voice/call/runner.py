@@ -54,6 +54,7 @@ from bridges.base import (
     Leg,
     LegEvent,
     LegHangup,
+    LegHold,
     PlaybackReport,
     bytes_per_ms,
     frame_bytes,
@@ -316,6 +317,14 @@ class CallRunner:
         self.log.info("call.hangup_requested", reason=reason)
         self._request_end(reason)
 
+    def instruct(self, text: str, *, respond: bool = False) -> None:
+        """Give the model a system note (a conversation item, after what is already queued for the upstream);
+        with ``respond``, ask for a response (serialized by the core: after the active one, if any). Before
+        the upstream is connected both wait for it (and a response request replaces the greeting)."""
+        self._up_q.put_nowait(item_create(message_item("system", text)))
+        if respond:
+            self._request_response()
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready view of the live call (for the operator API)."""
         now = self.now_ms()
@@ -427,7 +436,10 @@ class CallRunner:
         metrics.UPSTREAM_ERRORS.inc()
         self._count("upstream.open_failed")
 
-    async def _connect_first(self) -> bool:
+    async def _open_or_fail(self, event: str, what: str) -> RealtimeConnection | None:
+        """Open an upstream session with retries (first connection and reconnection alike). ``None`` when
+        that failed (logged as ``event``, noted in the transcript as ``what``, the apology played and the call
+        ended) or when the call ended meanwhile (the new connection is closed)."""
         try:
             conn = await open_with_retry(
                 self._open_upstream,
@@ -437,12 +449,18 @@ class CallRunner:
                 on_failure=self._upstream_failure,
             )
         except (VoiceError, OSError, TimeoutError) as exc:
-            self.log.error("upstream.unavailable", error=str(exc))
-            self.transcript.error(self.now_ms(), f"upstream unavailable: {exc}", type="upstream_failed")
+            self.log.error(event, error=str(exc))
+            self.transcript.error(self.now_ms(), f"{what}: {exc}", type="upstream_failed")
             await self._fail_upstream()
-            return False
+            return None
         if self._ended.is_set():
             await _close_quietly(conn)
+            return None
+        return conn
+
+    async def _connect_first(self) -> bool:
+        conn = await self._open_or_fail("upstream.unavailable", "upstream unavailable")
+        if conn is None:
             return False
         self._install(conn, restore=False)
         return True
@@ -495,10 +513,6 @@ class CallRunner:
             if conn is None or not self._upstream_ok:
                 self._count("upstream.dropped_event")
                 continue
-            if event.get("type") == "conversation.item.truncate":
-                self.log.info(
-                    "upstream.truncate", item_id=event.get("item_id"), audio_end_ms=event.get("audio_end_ms")
-                )
             try:
                 await conn.send(event)
             except UpstreamClosedError:
@@ -537,21 +551,8 @@ class CallRunner:
             {"type": "error", "code": "upstream", "message": "connection to the agent lost; reconnecting"}
         )
         active = self._settle_responses(now)
-        try:
-            conn = await open_with_retry(
-                self._open_upstream,
-                self.profile.model,
-                backoff=self.backoff,
-                log=self.log,
-                on_failure=self._upstream_failure,
-            )
-        except (VoiceError, OSError, TimeoutError) as err:
-            self.log.error("upstream.reconnect_failed", error=str(err))
-            self.transcript.error(self.now_ms(), f"upstream reconnect failed: {err}", type="upstream_failed")
-            await self._fail_upstream()
-            return False
-        if self._ended.is_set():
-            await _close_quietly(conn)
+        conn = await self._open_or_fail("upstream.reconnect_failed", "upstream reconnect failed")
+        if conn is None:
             return False
         old = self._upstream
         self._install(conn, restore=True)
@@ -678,6 +679,11 @@ class CallRunner:
             self._apply(self.core.caller_dtmf(event.digit, now))
         elif isinstance(event, PlaybackReport):
             self._apply(self.core.playback_report(event.item_id, event.played_ms, now))
+        elif isinstance(event, LegHold):
+            self.log.info("call.hold" if event.held else "call.resume")
+            note = "the caller put the call on hold" if event.held else "the call resumed"
+            self.transcript.system(now, note)
+            self._apply(self.core.hold(event.held, now))
 
     def _record_caller(self, event: CallerAudio, now: int) -> None:
         """Caller audio on the left channel, placed by the caller's media clock.
@@ -774,7 +780,17 @@ class CallRunner:
                 self.log.exception("call.action_failed", action=type(action).__name__)
 
     def _on_send_upstream(self, action: SendUpstream, now: int) -> None:
-        self._up_q.put_nowait(action.event)
+        event = action.event
+        if event.get("type") == "conversation.item.truncate":
+            self.log.info(
+                "upstream.truncate", item_id=event.get("item_id"), audio_end_ms=event.get("audio_end_ms")
+            )
+        conn = self._upstream
+        # Straight to the socket when nothing is queued before it (order kept) and that cannot block; the
+        # writer task takes the rest (a full socket buffer, a reconnect in progress).
+        if conn is not None and self._upstream_ok and self._up_q.empty() and conn.send_nowait(event):
+            return
+        self._up_q.put_nowait(event)
 
     def _on_play_frame(self, action: PlayFrame, now: int) -> None:
         frames = self._item_frames.get(action.item_id)
@@ -788,7 +804,8 @@ class CallRunner:
         self._leg_op(self.leg.clear)
 
     def _on_send_dtmf(self, action: SendDtmf, now: int) -> None:
-        if self.leg.capabilities.native_dtmf:
+        caps = self.leg.capabilities
+        if caps.native_dtmf or caps.sends_dtmf_tones:  # the leg sends them (RFC 4733, or its own tones)
             self._leg_op(functools.partial(self.leg.send_dtmf, action.digits))
             return
         tones = dtmf_tones(action.digits, sample_rate(self.codec))  # in-band (DESIGN.md "DTMF")
@@ -815,8 +832,7 @@ class CallRunner:
                 f"The transfer to {target} failed: {exc}. The caller is still on the line: tell them briefly "
                 "and offer another way to help."
             )
-            self._up_q.put_nowait(item_create(message_item("system", note)))
-            self._request_response()
+            self.instruct(note, respond=True)
             return
         self._request_end("transferred")
 
@@ -893,7 +909,7 @@ class CallRunner:
         if budget == "warn":
             self.log.info("call.budget_warning", total_usd=str(meter.total), budget_usd=str(meter.budget_usd))
             self.transcript.system(now, "budget 80 % used: the agent was asked to wrap up")
-            self._up_q.put_nowait(item_create(message_item("system", BUDGET_WARNING_INSTRUCTIONS)))
+            self.instruct(BUDGET_WARNING_INSTRUCTIONS)
         elif budget == "end":
             self.log.info(
                 "call.budget_exhausted", total_usd=str(meter.total), budget_usd=str(meter.budget_usd)

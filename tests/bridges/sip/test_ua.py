@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bridges.base import CallerAudio, CallerDtmf, LegEvent, LegHangup
+from bridges.base import CallerAudio, CallerDtmf, LegEvent, LegHangup, LegHold
 from bridges.sip.leg import SipLeg, call_metadata
 from bridges.sip.message import SipResponse, parse_message
 from bridges.sip.settings import SipSettings
@@ -300,6 +300,7 @@ async def test_hold_resume_info_dtmf_and_refer(tmp_path: Path) -> None:
         await asyncio.wait_for(app.done[leg.call_id].wait(), 5)
     events = app.events[leg.call_id]
     assert [e.digit for e in events if isinstance(e, CallerDtmf)] == ["5"]
+    assert [e.held for e in events if isinstance(e, LegHold)] == [True, False]  # sendonly, then sendrecv
     assert leg.call.state == "ended"
 
 
