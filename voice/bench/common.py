@@ -12,14 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 __all__ = [
     "LeanWebSocket",
+    "PacerStats",
+    "Service",
     "client_frame",
     "cpu_s",
     "free_port",
@@ -218,3 +224,81 @@ class LeanWebSocket(asyncio.Protocol):
 
     def on_message(self, opcode: int, payload: bytes) -> None:
         """A text (``1``) or binary (``2``) message from the server."""
+
+
+@dataclass
+class Service:
+    """``voice serve`` in a child process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    home: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stream(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/twilio/stream"
+
+    def get(self, path: str, timeout_s: float = 10.0) -> httpx.Response:
+        return httpx.get(self.base + path, timeout=timeout_s, trust_env=False)
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the service process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+_BUCKET = re.compile(r'^voice_frame_lateness_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$')
+_LATE = re.compile(r"^voice_frames_late_total ([0-9.e+]+)$")
+
+
+@dataclass(frozen=True)
+class PacerStats:
+    buckets: tuple[tuple[float, float], ...]
+    late: float
+
+    @classmethod
+    def read(cls, service: Service) -> PacerStats | None:
+        """The pacer's counters from ``/metrics``; ``None`` when a saturated service does not answer."""
+        buckets: list[tuple[float, float]] = []
+        late = 0.0
+        try:
+            text = service.get("/metrics", timeout_s=20.0).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if m := _BUCKET.match(line):
+                buckets.append((float(m.group(1)), float(m.group(2))))
+            elif m := _LATE.match(line):
+                late = float(m.group(1))
+        return cls(tuple(buckets), late)
+
+    def since(self, before: PacerStats) -> tuple[float, float, int]:
+        """(p99 lateness in ms interpolated in its bucket, share of ticks > 10 ms late, ticks)."""
+        counts = [(le, n - b) for (le, n), (_, b) in zip(self.buckets, before.buckets, strict=True)]
+        total = counts[-1][1] if counts else 0.0
+        if total <= 0:
+            return float("nan"), float("nan"), 0
+        target = 0.99 * total
+        lower_le, lower_n = 0.0, 0.0
+        p99 = float("inf")
+        for le, n in counts:
+            if n >= target:
+                if le == float("inf"):
+                    p99 = lower_le * 1000
+                else:
+                    share = (target - lower_n) / max(n - lower_n, 1e-9)
+                    p99 = (lower_le + share * (le - lower_le)) * 1000
+                break
+            lower_le, lower_n = le, n
+        return p99, (self.late - before.late) / total, int(total)
