@@ -399,6 +399,38 @@ async def test_barge_in_clears_truncates_at_the_reported_position_and_cuts_the_r
     assert end - start == pytest.approx(truncate["audio_end_ms"], abs=30)
 
 
+async def test_agent_audio_is_recorded_where_the_leg_reports_it_was_heard(
+    tmp_path: Path, profile: AgentProfile, store: CallStore, pacer: FramePacer
+) -> None:
+    """A page that starts playing each frame 40 ms after it arrives (it reports the frame sent 60 ms ago
+    as played): the greeting, recorded before any report, sits at its send time; later answers, each a new
+    run of frames, about 40 ms after their send time, where the caller heard them. (The greeting's first
+    frames go out in a burst, which this page plays at once, so the delay is learnt for good on the
+    steady second answer and checked on the third.)"""
+    async with FakeUpstream(reply_ms=400) as up:
+        settings = settings_for(tmp_path, up.url)
+        leg = FakeLeg("call_heard", reports_playback=True, echo_playback=True, report_lag_ms=60)
+        profile = profile.model_copy(update={"dtmf": profile.dtmf.model_copy(update={"barge_in": False})})
+        runner = make_runner(leg, profile, settings, store, pacer)
+        task = asyncio.create_task(runner.run())
+        for answers in (1, 2, 3):
+            await until(
+                lambda n=answers: len({p.item_id for p in leg.played}) >= n and runner.core.playout.drained
+            )
+            await asyncio.sleep(0.2)
+            if answers < 3:
+                leg.inbox.put_nowait(CallerDtmf("5", 0))
+        leg.inbox.put_nowait(LegHangup("bye"))
+        await asyncio.wait_for(task, 5)
+    items = list(dict.fromkeys(p.item_id for p in leg.played))
+    first, _second, third = (next(p for p in leg.played if p.item_id == item) for item in items[:3])
+    call = store.get_call("call_heard")
+    assert call is not None
+    data, rate = read_stereo(Path(call["recording_path"]))
+    greeting, _answer, last, *_ = segments(data[:, 1], rate)
+    assert last[0] - greeting[0] == pytest.approx((third.t - first.t) * 1000 + 40, abs=6)
+
+
 async def test_session_limit_hands_over_to_a_fresh_session(
     tmp_path: Path, profile: AgentProfile, store: CallStore, pacer: FramePacer
 ) -> None:

@@ -198,15 +198,18 @@ async def test_agent_answers_speech_and_the_records_add_up(service: ServiceThrea
     assert abs(at_ms - sent_ms) <= 40, (at_ms, sent_ms)
     for item in (greeting, answer["item_id"]):
         # Every frame the caller heard is in the agent channel, sample for sample, where it was heard. The
-        # service records a frame when it sends it; the page plays it after its 40 ms jitter buffer, later
-        # still when this busy test process delays it; underruns are gaps in both.
+        # page plays a frame after its 40 ms jitter buffer (later still when this busy test process delays
+        # it); underruns are gaps in both. The service learns that delay from the page's playback reports:
+        # the greeting, recorded before any report, sits up to the buffer early; the answer, a later run of
+        # frames, sits where it was heard.
         audible = [f for f in page.frames_of(item) if np.abs(np.frombuffer(f.audio, "<i2")).max() > 500]
         assert len(audible) > 25
+        low, high = (-100, 20) if item == greeting else (-20, 20)
         for f in audible[:100]:
             heard_ms = (f.t - page.t0) * 1000
             at_ms, score = locate_near(data[:, 1], f.audio, heard_ms, rate)
             assert score > 0.999, (item, f.item_ms, score)
-            assert -100 <= at_ms - heard_ms <= 20, (item, f.item_ms, at_ms, heard_ms)
+            assert low <= at_ms - heard_ms <= high, (item, f.item_ms, at_ms, heard_ms)
 
 
 # Barge-in ---------------------------------------------------------------------------------------------------

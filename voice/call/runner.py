@@ -143,6 +143,9 @@ _LEG_BACKLOG_FAIL: Final = 3000  # 60 s: the leg is not taking anything any more
 _CALLER_REANCHOR_MS: Final = 200
 _ANCHOR_LEARN_MS: Final = 1000
 _CONTIGUOUS_MS: Final = 10
+_MAX_PLAYOUT_DELAY_MS: Final = 300
+_NEVER: Final = -(10**9)
+"""Largest delay between sending an agent frame and the caller hearing it that the recording follows."""
 _STOP_TIMEOUT_S: Final = 3.0
 _COST_KEYS: Final = (
     "response_usd",
@@ -295,8 +298,10 @@ class CallRunner:
         self._tool_names: dict[str, str] = {}
         self._injected = bytearray()
         self._injected_drained = asyncio.Event()
-        self._item_frames: dict[str, list[tuple[int, int]]] = {}
-        self._agent_end_ms = 0
+        self._item_frames: dict[str, list[tuple[int, int, int]]] = {}  # (recorded at, item_ms, sent at)
+        self._agent_end_ms = 0  # where the recording's agent audio ends
+        self._sent_end_ms = _NEVER  # where the audio sent so far ends on the send clock
+        self._playout_delay_ms: float | None = None  # learnt from playback reports (None: not yet)
         self._caller_anchor: int | None = None
         self._last_flush_ms = 0
         self._last_cost_ms = 0
@@ -678,6 +683,7 @@ class CallRunner:
         elif isinstance(event, CallerDtmf):
             self._apply(self.core.caller_dtmf(event.digit, now))
         elif isinstance(event, PlaybackReport):
+            self._learn_playout_delay(event.item_id, event.played_ms, now)
             self._apply(self.core.playback_report(event.item_id, event.played_ms, now))
         elif isinstance(event, LegHold):
             self.log.info("call.hold" if event.held else "call.resume")
@@ -747,23 +753,52 @@ class CallRunner:
         self._play(injected, "dtmf", 0, now)
         return actions
 
-    def _play(self, frame: bytes, item_id: str, item_ms: int, now: int) -> int:
-        """Queue one frame for the leg and record it; return where it sits on the call timeline.
+    def _learn_playout_delay(self, item_id: str, played_ms: int, now: int) -> None:
+        """Learn how long after it is sent the caller hears a frame, from the leg's own playout clock.
+
+        A report that ``played_ms`` of an item have been heard now names the frame that ended there, and
+        that frame was sent at a known time: the difference is the delay (the page's jitter buffer, Twilio's
+        queue, the network). It is smoothed, as reports come in steps of a frame or more. Legs without a
+        playout clock keep the send time.
+        """
+        frames = self._item_frames.get(item_id)
+        if not frames:
+            return
+        for _at, item_ms, sent in reversed(frames):
+            if item_ms == played_ms:
+                measured = now - (sent + FRAME_MS)
+                if 0 <= measured <= _MAX_PLAYOUT_DELAY_MS:
+                    if self._playout_delay_ms is None:  # the first measure is the estimate
+                        self._playout_delay_ms = float(measured)
+                    else:
+                        self._playout_delay_ms += 0.25 * (measured - self._playout_delay_ms)
+                return
+            if item_ms < played_ms:
+                return
+
+    def _play(self, frame: bytes, item_id: str, item_ms: int, now: int) -> tuple[int, int]:
+        """Queue one frame for the leg and record it; return where it sits on the call timeline and when it
+        was sent.
 
         A frame that follows the previous one within the pacer's jitter (or comes early, when the pacer
-        catches up after a stall) is placed right after it: the leg plays frames back to back, so that is
-        where the caller hears them. After a real gap (a pause, an underrun) it is placed at ``now``.
+        catches up after a stall) is recorded right after it: the leg plays frames back to back, so that is
+        where the caller hears them. The first frame after a real gap (a pause, an underrun, a barge-in) is
+        recorded where the caller hears it: ``now`` plus the playout delay learnt from the leg's reports
+        (:meth:`_learn_playout_delay`).
         """
         self.frames_played += 1
         self._leg_op(functools.partial(self.leg.play, frame, item_id, item_ms))
-        at = self._agent_end_ms if now - self._agent_end_ms < _CONTIGUOUS_MS else now
+        contiguous = now - self._sent_end_ms < _CONTIGUOUS_MS
+        sent = self._sent_end_ms if contiguous else now
+        self._sent_end_ms = sent + FRAME_MS
+        at = self._agent_end_ms if contiguous else now + round(self._playout_delay_ms or 0.0)
         self._agent_end_ms = at + FRAME_MS
         if self.recorder is not None and not self.recorder.closed:
             try:
                 self.recorder.write_agent(_decode(frame, self.codec), at)
             except VoiceError as exc:
                 self._recording_failed(exc)
-        return at
+        return at, sent
 
     # -- actions --------------------------------------------------------------------------------------
 
@@ -798,7 +833,8 @@ class CallRunner:
             if len(self._item_frames) >= 4:
                 del self._item_frames[next(iter(self._item_frames))]
             frames = self._item_frames[action.item_id] = []
-        frames.append((self._play(action.frame, action.item_id, action.item_ms, now), action.item_ms))
+        at, sent = self._play(action.frame, action.item_id, action.item_ms, now)
+        frames.append((at, action.item_ms, sent))
 
     def _on_clear(self, action: ClearLeg, now: int) -> None:
         self._leg_op(self.leg.clear)
@@ -1031,12 +1067,13 @@ class CallRunner:
         frames = self._item_frames.get(item_id) if isinstance(item_id, str) else None
         if frames and isinstance(heard_ms, int):
             cut = frames[-1][0] + FRAME_MS
-            for t, item_ms in frames:
+            for t, item_ms, _sent in frames:
                 if item_ms >= heard_ms:
                     cut = t + max(0, heard_ms - (item_ms - FRAME_MS))
                     break
         cut = max(0, min(cut, self._agent_end_ms))
         self._agent_end_ms = cut
+        self._sent_end_ms = _NEVER  # what comes next starts a new run of frames
         try:
             self.recorder.truncate_agent(cut)
         except VoiceError as exc:
