@@ -51,7 +51,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Final, Literal, Union, get_args, get_origin
 
 import pydantic
 
@@ -132,23 +132,20 @@ def join_values(values: Sequence[Any]) -> str:
     return ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
 
 
+_KIND_PHRASES: Final = {
+    "null": "null",
+    "boolean": "a boolean",
+    "integer": "an integer",
+    "number": "a decimal number",
+    "string": "a string",
+    "object": "an object",
+    "array": "an array",
+}
+
+
 def json_kind(value: Any) -> str:
     """The JSON type of a decoded value, as OpenAI names it after "but got"."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a decimal number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
+    return _KIND_PHRASES.get(kind_of(value), type(value).__name__)
 
 
 def missing_error(path: Path) -> RealtimeError:
@@ -230,6 +227,7 @@ class Checker:
 
 
 def kind_of(value: Any) -> str:
+    """The JSON kind of a decoded value: null boolean integer number string object array (else unknown)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
