@@ -49,36 +49,45 @@ keys and emits :class:`SendDtmf` at once.
 
 Cost: every ``response.done.usage`` and transcription usage is surfaced as :class:`UsageReported` (plus token
 metrics) for the runner's cost meter; the core holds no price table.
+
+The implementation is split by seam: the actions are in :mod:`voice.call.actions`, the upstream event
+handlers and their table in :mod:`voice.call.upstream_events`, tool calls and the built-ins in
+:mod:`voice.call.tool_calls` (functions of the core's state); this module keeps the state, the public
+inputs, caller audio and DTMF, the pacer, barge-in, agent turns and the ``response.create`` gate.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Literal
 
-from pydantic import BaseModel
-
-from bridges.base import FRAME_MS, AudioCodec, is_dtmf_digit, upstream_format
+from bridges.base import AudioCodec, is_dtmf_digit, upstream_format
+from voice.call import tool_calls
+from voice.call.actions import (
+    INTERNAL_ERROR_METRIC,
+    Action,
+    ClearLeg,
+    Control,
+    Hangup,
+    Metric,
+    PlayFrame,
+    RunTool,
+    SendDtmf,
+    SendUpstream,
+    TranscriptEntry,
+    Transfer,
+    UsageReported,
+)
 from voice.call.bargein import CallerSpeechDetector, PauseWindow, VadFactory, default_vad
 from voice.call.dtmf_policy import DtmfCollector, DtmfForward
 from voice.call.playout import PlayedItem, Playout
-from voice.call.tools import (
-    BUILTIN_TOOLS,
-    EndCallArgs,
-    SendDtmfArgs,
-    TransferCallArgs,
-    error_output,
-    parse_builtin_arguments,
-)
-from voice.call.transcript import TranscriptKind, heard_text
+from voice.call.tool_calls import AfterAudio, after_audio_check
+from voice.call.transcript import heard_text
+from voice.call.upstream_events import UPSTREAM_HANDLERS
 from voice.logs import get_logger
 from voice.profiles import AgentProfile
 from voice.realtime.builders import (
-    function_call_output_item,
     input_audio_append,
     item_create,
     item_truncate,
@@ -91,6 +100,8 @@ from voice.realtime.events import MalformedServerEvent, ServerEvent, UnknownServ
 from voice.realtime.ids import new_id
 
 __all__ = [
+    "INTERNAL_ERROR_METRIC",
+    "UPSTREAM_HANDLERS",
     "Action",
     "CallCore",
     "ClearLeg",
@@ -107,109 +118,6 @@ __all__ = [
 ]
 
 
-# Actions -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SendUpstream:
-    """Send this client event to the Realtime upstream."""
-
-    event: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class PlayFrame:
-    """Play one 20 ms frame on the leg; ``item_ms`` is the item position at the end of the frame."""
-
-    frame: bytes
-    item_id: str
-    item_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClearLeg:
-    """Drop every agent frame the leg has not played yet."""
-
-
-@dataclass(frozen=True, slots=True)
-class SendDtmf:
-    digits: str
-
-
-@dataclass(frozen=True, slots=True)
-class Transfer:
-    target: str
-
-
-@dataclass(frozen=True, slots=True)
-class Hangup:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RunTool:
-    """Run a registered tool; report the output with :meth:`CallCore.tool_result`."""
-
-    call_id: str
-    name: str
-    arguments: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Control:
-    """A JSON control message for legs with a UI (``Leg.send_control``).
-
-    Types: ``transcript`` (``role`` agent|caller, ``item_id``, ``delta`` or ``text`` + ``final``),
-    ``barge_in`` (``cause``: speech|dtmf; the leg itself is cleared by :class:`ClearLeg`),
-    ``dtmf`` (``digit``, ``source``), ``call_end`` (``reason``).
-    """
-
-    message: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class TranscriptEntry:
-    """A transcript event for :class:`voice.call.transcript.Transcript` (``.add(kind, t_ms, text, **data)``).
-
-    ``t_ms`` is on the call clock; an agent turn carries the time it started being heard.
-    """
-
-    kind: TranscriptKind
-    text: str
-    data: dict[str, Any]
-    t_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Metric:
-    name: str
-    value: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class UsageReported:
-    """Usage to price: ``kind`` response (``response.done.usage``) or transcription (§B.1)."""
-
-    kind: Literal["response", "transcription"]
-    model: str
-    usage: dict[str, Any]
-
-
-Action: TypeAlias = (
-    SendUpstream
-    | PlayFrame
-    | ClearLeg
-    | SendDtmf
-    | Transfer
-    | Hangup
-    | RunTool
-    | Control
-    | TranscriptEntry
-    | Metric
-    | UsageReported
-)
-
-
 # State ---------------------------------------------------------------------------------------------------
 
 
@@ -218,20 +126,6 @@ class _AgentText:
     response_id: str
     text: str = ""
     final: bool = False
-
-
-@dataclass(slots=True)
-class _AfterAudio:
-    """A built-in that acts once the agent's audio has been heard (end_call, transfer_call)."""
-
-    kind: Literal["hangup", "transfer"]
-    value: str  # the hangup reason or the transfer target
-    since_ms: int
-
-
-_Handler: TypeAlias = Callable[["CallCore", Any, int], list[Action]]
-
-INTERNAL_ERROR_METRIC: Final = "core.internal_error"
 
 
 class CallCore:
@@ -306,7 +200,7 @@ class CallCore:
         self._response_since_stop = True
         self._seen_calls: set[str] = set()
         self._pending_tools: dict[str, str] = {}
-        self._after_audio: list[_AfterAudio] = []
+        self._after_audio: list[AfterAudio] = []
         self._hung_up = False
         self._last_frame_ms: int | None = None
         self.ended = False
@@ -357,7 +251,7 @@ class CallCore:
 
         ``error`` marks a failure in the transcript; by default it is read from an ``{"error": ...}`` output.
         """
-        return self._guard(self._tool_result, call_id, output, now_ms, error)
+        return self._guard(tool_calls.tool_result, self, call_id, output, now_ms, error)
 
     def tick(self, now_ms: int) -> list[Action]:
         """The 20 ms pacer: at most one :class:`PlayFrame`, plus timer work."""
@@ -474,7 +368,7 @@ class CallCore:
             actions += self._forward_dtmf(forward, now_ms)
         actions += self._expire_creates(now_ms)
         actions += self._flush_response(now_ms)
-        actions += self._after_audio_check(now_ms)
+        actions += after_audio_check(self, now_ms)
         return actions
 
     # Barge-in --------------------------------------------------------------------------------------------
@@ -605,90 +499,6 @@ class CallCore:
             del self._outstanding_creates[key]
         return [Metric("response.create_unanswered")] * len(stale)
 
-    # Tools -----------------------------------------------------------------------------------------------
-
-    def _tool_output(
-        self, call_id: str, output: str, now_ms: int, *, error: str | None = None, respond: bool = True
-    ) -> list[Action]:
-        actions: list[Action] = [
-            self._create_item(function_call_output_item(call_id, output)),
-            TranscriptEntry(
-                "tool_result", error or output, {"call_id": call_id, "output": output, "error": error}, now_ms
-            ),
-        ]
-        return actions + (self._request_response(now_ms) if respond else [])
-
-    def _tool_error(self, call_id: str, message: str, now_ms: int) -> list[Action]:
-        return self._tool_output(call_id, error_output(message), now_ms, error=message)
-
-    def _tool_result(self, call_id: str, output: str, now_ms: int, error: str | None) -> list[Action]:
-        if self._pending_tools.pop(call_id, None) is None:
-            return [Metric("tool.unexpected_result")]
-        if error is None:
-            error = _error_of(output)
-        return self._tool_output(call_id, output, now_ms, error=error)
-
-    def _builtin_end_call(self, call_id: str, args: BaseModel, now_ms: int) -> list[Action]:
-        assert isinstance(args, EndCallArgs)
-        self._after_audio.append(_AfterAudio("hangup", args.reason or "agent ended the call", now_ms))
-        output = {
-            "ok": True,
-            "status": "The call ends once your reply has been heard. Keep it to a short goodbye.",
-        }
-        return self._tool_output(call_id, json.dumps(output), now_ms)
-
-    def _builtin_transfer_call(self, call_id: str, args: BaseModel, now_ms: int) -> list[Action]:
-        assert isinstance(args, TransferCallArgs)
-        target = args.target or self.default_transfer_target
-        if not self.can_transfer:
-            return self._tool_error(call_id, "this line cannot be transferred", now_ms)
-        if not target:
-            return self._tool_error(call_id, "no transfer target given and no default is configured", now_ms)
-        self._after_audio.append(_AfterAudio("transfer", target, now_ms))
-        output = {"ok": True, "status": "transferring after your reply", "target": target}
-        return self._tool_output(call_id, json.dumps(output), now_ms)
-
-    def _builtin_send_dtmf(self, call_id: str, args: BaseModel, now_ms: int) -> list[Action]:
-        assert isinstance(args, SendDtmfArgs)
-        digits = args.digits
-        actions: list[Action] = [
-            SendDtmf(digits),
-            TranscriptEntry("dtmf", digits, {"digits": digits, "direction": "out"}, now_ms),
-        ]
-        return actions + self._tool_output(call_id, json.dumps({"ok": True, "sent": digits}), now_ms)
-
-    def _after_audio_check(self, now_ms: int) -> list[Action]:
-        """end_call / transfer_call once the agent's last words have been played (or the timeout passed)."""
-        if not self._after_audio or self._hung_up:
-            return []
-        quiet = (
-            self.playout.drained
-            and not self._active
-            and not self._want_response
-            and not self._outstanding_creates
-            and not self.window.active
-            and (self._last_frame_ms is None or now_ms - self._last_frame_ms >= FRAME_MS)
-        )
-        actions: list[Action] = []
-        for op in list(self._after_audio):
-            if not quiet and now_ms - op.since_ms < self.end_call_timeout_ms:
-                continue
-            self._after_audio.remove(op)
-            if op.kind == "transfer":
-                actions += [
-                    Transfer(op.value),
-                    TranscriptEntry("system", f"transferred to {op.value}", {}, now_ms),
-                ]
-            else:
-                self._hung_up = True
-                self._after_audio.clear()
-                actions += [
-                    Hangup(op.value),
-                    TranscriptEntry("system", f"agent hung up: {op.value}", {}, now_ms),
-                ]
-                break
-        return actions
-
     # End -------------------------------------------------------------------------------------------------
 
     def _end(self, reason: str, now_ms: int) -> list[Action]:
@@ -711,259 +521,3 @@ class CallCore:
         actions.append(Control({"type": "call_end", "reason": reason}))
         self.ended = True
         return actions
-
-    # Upstream handlers (UPSTREAM_HANDLERS below maps event types to these) ---------------------------------
-
-    def _on_response_created(self, event: Any, now_ms: int) -> list[Action]:
-        response_id = event.response.id or ""
-        self._active[response_id] = None
-        if self._outstanding_creates:
-            del self._outstanding_creates[next(iter(self._outstanding_creates))]
-        if self._want_response and not self._unacked_items:
-            self._want_response = False  # this response already sees our items
-        self._response_since_stop = True
-        return []
-
-    def _on_response_done(self, event: Any, now_ms: int) -> list[Action]:
-        response = event.response
-        response_id = response.id or ""
-        self._active.pop(response_id, None)
-        self.playout.response_done(response_id)
-        actions: list[Action] = []
-        for item in response.output or []:
-            item_id = getattr(item, "id", None)
-            if (
-                getattr(item, "type", None) != "message"
-                or getattr(item, "role", None) != "assistant"
-                or not item_id
-            ):
-                continue
-            record = self._text_record(item_id, response_id)
-            if record is not None and not record.text:
-                record.text = "".join(c.transcript or c.text or "" for c in item.content)
-        for item_id, record in list(self._texts.items()):
-            if record.response_id != response_id:
-                continue
-            record.final = True
-            if item_id in self._awaiting_text:
-                actions += self._text_final(item_id, now_ms)
-            elif not self.playout.knows(item_id):  # a text-only turn (no audio was generated)
-                self._texts.pop(item_id)
-                if record.text and response_id not in self._dropped_responses:
-                    data = {
-                        "item_id": item_id,
-                        "interrupted": False,
-                        "heard_ms": None,
-                        "generated_text": record.text,
-                    }
-                    actions.append(TranscriptEntry("agent", record.text, data, now_ms))
-        status = response.status or "completed"
-        actions.append(Metric(f"response.{status}"))
-        if status in ("failed", "incomplete"):
-            details = response.status_details
-            err = getattr(details, "error", None)
-            reason = getattr(details, "reason", None)
-            message = getattr(err, "message", None) or f"response {status}" + (
-                f": {reason}" if reason else ""
-            )
-            actions.append(
-                TranscriptEntry(
-                    "error",
-                    message,
-                    {"type": f"response_{status}", "code": getattr(err, "code", None)},
-                    now_ms,
-                )
-            )
-        if response.usage is not None:
-            usage = response.usage.model_dump(exclude_none=True)
-            actions.append(UsageReported("response", self.profile.model, usage))
-            for key in ("input_tokens", "output_tokens"):
-                if isinstance(usage.get(key), int):
-                    actions.append(Metric(f"usage.{key}", float(usage[key])))
-        actions += self._flush_response(now_ms)
-        actions += self._after_audio_check(now_ms)
-        return actions
-
-    def _on_output_item_added(self, event: Any, now_ms: int) -> list[Action]:
-        item = event.item
-        item_id = getattr(item, "id", None)
-        if (
-            getattr(item, "type", None) == "message"
-            and getattr(item, "role", None) == "assistant"
-            and item_id
-        ):
-            self._text_record(item_id, event.response_id)
-        return []
-
-    def _on_audio_delta(self, event: Any, now_ms: int) -> list[Action]:
-        try:
-            audio = base64.b64decode(event.delta, validate=True)
-        except (binascii.Error, ValueError):
-            return [Metric("upstream.bad_audio")]
-        if not audio:
-            return []
-        record = self._text_record(event.item_id, event.response_id)
-        if record is None or not self.playout.add_audio(
-            event.item_id, event.response_id, event.content_index, audio
-        ):
-            return [Metric("playout.dropped_delta")]
-        return []
-
-    def _on_audio_done(self, event: Any, now_ms: int) -> list[Action]:
-        self.playout.audio_done(event.item_id)
-        return []
-
-    def _on_transcript_delta(self, event: Any, now_ms: int) -> list[Action]:
-        record = self._text_record(event.item_id, event.response_id)
-        if record is None or record.final:
-            return []
-        record.text += event.delta
-        return [
-            Control({"type": "transcript", "role": "agent", "item_id": event.item_id, "delta": event.delta})
-        ]
-
-    def _on_transcript_done(self, event: Any, now_ms: int) -> list[Action]:
-        raw = event.transcript if hasattr(event, "transcript") else getattr(event, "text", "")
-        text = raw if isinstance(raw, str) else ""
-        record = self._text_record(event.item_id, event.response_id)
-        if record is None:
-            return []
-        record.text = text
-        record.final = True
-        return self._text_final(event.item_id, now_ms)
-
-    def _on_function_call(self, event: Any, now_ms: int) -> list[Action]:
-        call_id, name, raw = event.call_id, event.name, event.arguments
-        if call_id in self._seen_calls:
-            return [Metric("tool.duplicate_call")]
-        self._seen_calls.add(call_id)
-        actions: list[Action] = [
-            TranscriptEntry("tool_call", name, {"name": name, "call_id": call_id, "arguments": raw}, now_ms)
-        ]
-        try:
-            arguments = json.loads(raw) if raw.strip() else {}
-        except ValueError as exc:
-            return actions + self._tool_error(call_id, f"arguments are not valid JSON: {exc}", now_ms)
-        if not isinstance(arguments, dict):
-            return actions + self._tool_error(call_id, "arguments must be a JSON object", now_ms)
-        builtin = BUILTIN_HANDLERS.get(name)
-        if builtin is None:
-            self._pending_tools[call_id] = name
-            return [*actions, RunTool(call_id, name, arguments)]
-        parsed = parse_builtin_arguments(name, arguments)
-        if isinstance(parsed, str):
-            return actions + self._tool_error(call_id, parsed, now_ms)
-        return actions + builtin(self, call_id, parsed, now_ms)
-
-    def _on_speech_started(self, event: Any, now_ms: int) -> list[Action]:
-        self._caller_speaking = True
-        if self.playout.speaking or self.window.active:
-            return self._barge_in(now_ms, cause="speech")
-        if self.upstream_interrupts:
-            self._drop_active_responses()  # the server cancels them; audio still in flight is moot
-        return []
-
-    def _on_speech_stopped(self, event: Any, now_ms: int) -> list[Action]:
-        self._caller_speaking = False
-        self._caller_stopped_ms = now_ms
-        self._response_since_stop = False
-        return self._flush_response(now_ms)
-
-    def _on_dtmf_event(self, event: Any, now_ms: int) -> list[Action]:
-        return self._dtmf_key(event.event, now_ms, "upstream")
-
-    def _on_item_added(self, event: Any, now_ms: int) -> list[Action]:
-        item_id = getattr(event.item, "id", None)
-        if item_id:
-            self._unacked_items.discard(item_id)
-        return []
-
-    def _on_input_transcript_delta(self, event: Any, now_ms: int) -> list[Action]:
-        if not event.delta:
-            return []
-        return [
-            Control({"type": "transcript", "role": "caller", "item_id": event.item_id, "delta": event.delta})
-        ]
-
-    def _on_input_transcript_completed(self, event: Any, now_ms: int) -> list[Action]:
-        text = event.transcript
-        actions: list[Action] = [
-            TranscriptEntry("caller", text, {"item_id": event.item_id}, now_ms),
-            Control(
-                {
-                    "type": "transcript",
-                    "role": "caller",
-                    "item_id": event.item_id,
-                    "text": text,
-                    "final": True,
-                }
-            ),
-        ]
-        if event.usage is not None:
-            model = self.profile.transcription.model if self.profile.transcription else ""
-            actions.append(UsageReported("transcription", model, event.usage.model_dump(exclude_none=True)))
-        return actions
-
-    def _on_input_transcript_failed(self, event: Any, now_ms: int) -> list[Action]:
-        message = getattr(event.error, "message", None) or "transcription failed"
-        data = {
-            "type": "transcription_failed",
-            "code": getattr(event.error, "code", None),
-            "item_id": event.item_id,
-        }
-        return [Metric("upstream.transcription_failed"), TranscriptEntry("error", message, data, now_ms)]
-
-    def _on_error(self, event: Any, now_ms: int) -> list[Action]:
-        err = event.error
-        if err.event_id and err.event_id in self._outstanding_creates:
-            del self._outstanding_creates[err.event_id]  # our response.create was refused
-        data = {"type": err.type, "code": err.code, "param": err.param, "event_id": err.event_id}
-        return [Metric("upstream.error"), TranscriptEntry("error", err.message, data, now_ms)]
-
-    def _on_truncated(self, event: Any, now_ms: int) -> list[Action]:
-        return [Metric("upstream.truncated_ms", float(event.audio_end_ms))]
-
-
-def _error_of(output: str) -> str | None:
-    """The ``error`` of a tool output shaped ``{"error": ...}`` (what ``ToolRegistry.invoke`` returns)."""
-    if not output.startswith("{"):
-        return None
-    try:
-        decoded = json.loads(output)
-    except ValueError:
-        return None
-    err = decoded.get("error") if isinstance(decoded, dict) else None
-    return str(err) if err is not None else None
-
-
-UPSTREAM_HANDLERS: Final[dict[str, _Handler]] = {
-    "response.created": CallCore._on_response_created,
-    "response.done": CallCore._on_response_done,
-    "response.output_item.added": CallCore._on_output_item_added,
-    "response.output_audio.delta": CallCore._on_audio_delta,
-    "response.output_audio.done": CallCore._on_audio_done,
-    "response.output_audio_transcript.delta": CallCore._on_transcript_delta,
-    "response.output_audio_transcript.done": CallCore._on_transcript_done,
-    "response.output_text.delta": CallCore._on_transcript_delta,
-    "response.output_text.done": CallCore._on_transcript_done,
-    "response.function_call_arguments.done": CallCore._on_function_call,
-    "input_audio_buffer.speech_started": CallCore._on_speech_started,
-    "input_audio_buffer.speech_stopped": CallCore._on_speech_stopped,
-    "input_audio_buffer.dtmf_event_received": CallCore._on_dtmf_event,
-    "conversation.item.added": CallCore._on_item_added,
-    "conversation.item.created": CallCore._on_item_added,
-    "conversation.item.done": CallCore._on_item_added,
-    "conversation.item.truncated": CallCore._on_truncated,
-    "conversation.item.input_audio_transcription.delta": CallCore._on_input_transcript_delta,
-    "conversation.item.input_audio_transcription.completed": CallCore._on_input_transcript_completed,
-    "conversation.item.input_audio_transcription.failed": CallCore._on_input_transcript_failed,
-    "error": CallCore._on_error,
-}
-"""Server event ``type`` -> handler. Types not listed are known events the call ignores."""
-
-BUILTIN_HANDLERS: Final[dict[str, Callable[[CallCore, str, BaseModel, int], list[Action]]]] = {
-    "end_call": CallCore._builtin_end_call,
-    "transfer_call": CallCore._builtin_transfer_call,
-    "send_dtmf": CallCore._builtin_send_dtmf,
-}
-assert set(BUILTIN_HANDLERS) == set(BUILTIN_TOOLS)
