@@ -13,6 +13,11 @@ a clock.
   :class:`SipUri` (§19.1), ``Call-ID``, ``Max-Forwards``, ``Content-Length``.
 - :func:`make_response` builds a response to a request as §8.2.6 says.
 
+The pieces live in their own modules and are re-exported here, so callers import from this one:
+:mod:`bridges.sip.syntax` (tokens, comma lists, :class:`Params`, :class:`SipParseError`),
+:mod:`bridges.sip.uri` (:class:`SipUri`, :class:`NameAddr`) and :mod:`bridges.sip.headers`
+(:class:`Headers`, compact forms, :class:`Via`, :class:`CSeq`).
+
 Errors. Anything the peer can send ends in :class:`SipParseError` (a
 :class:`~voice.errors.RemoteProtocolError`); never another exception. The error says whether a reply is
 possible (:attr:`SipParseError.can_reply`: the message was a request and its ``Via``, ``From``, ``To``,
@@ -27,11 +32,39 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
-from voice.errors import LocalProtocolError, RemoteProtocolError
+from bridges.sip.headers import (
+    COMPACT_FORMS,
+    CSeq,
+    Headers,
+    Via,
+    canonical_name,
+    parse_cseq,
+    parse_via,
+    parse_via_list,
+)
+from bridges.sip.syntax import (
+    CONTROL_RE,
+    DIGITS_RE,
+    TOKEN_RE,
+    Params,
+    ReplyContext,
+    SipParseError,
+    split_list,
+)
+from bridges.sip.uri import (
+    NameAddr,
+    OtherUri,
+    SipUri,
+    Uri,
+    parse_name_addr,
+    parse_name_addr_list,
+    parse_uri,
+)
+from voice.errors import LocalProtocolError
 
 __all__ = [
     "COMPACT_FORMS",
@@ -72,50 +105,7 @@ __all__ = [
 
 MAGIC_COOKIE: Final = "z9hG4bK"
 """Prefix of an RFC 3261 branch parameter (§8.1.1.7)."""
-
-COMPACT_FORMS: Final[dict[str, str]] = {
-    # RFC 3261 §7.3.3 and §20
-    "i": "Call-ID",
-    "m": "Contact",
-    "e": "Content-Encoding",
-    "l": "Content-Length",
-    "c": "Content-Type",
-    "f": "From",
-    "s": "Subject",
-    "k": "Supported",
-    "t": "To",
-    "v": "Via",
-    # Extensions registered with IANA
-    "o": "Event",  # RFC 6665
-    "u": "Allow-Events",  # RFC 6665
-    "r": "Refer-To",  # RFC 3515
-    "b": "Referred-By",  # RFC 3892
-    "x": "Session-Expires",  # RFC 4028
-    "a": "Accept-Contact",  # RFC 3841
-    "j": "Reject-Contact",  # RFC 3841
-    "d": "Request-Disposition",  # RFC 3841
-    "y": "Identity",  # RFC 8224
-}
-"""Compact header names and their full forms."""
-
-_KNOWN_NAMES: Final = (  # noqa: SIM905 - one word per header name
-    "Accept Accept-Encoding Accept-Language Alert-Info Allow Authentication-Info Authorization Call-ID "
-    "Call-Info Contact Content-Disposition Content-Encoding Content-Language Content-Length Content-Type "
-    "CSeq Date Error-Info Expires From In-Reply-To Max-Forwards MIME-Version Min-Expires Organization "
-    "Priority Proxy-Authenticate Proxy-Authorization Proxy-Require Record-Route Reply-To Require "
-    "Retry-After Route Server Subject Supported Timestamp To Unsupported User-Agent Via Warning "
-    "WWW-Authenticate Event Allow-Events Refer-To Referred-By Session-Expires Min-SE RSeq RAck Reason "
-    "Replaces P-Asserted-Identity P-Preferred-Identity Privacy Path Service-Route Accept-Contact "
-    "Reject-Contact Request-Disposition Identity Subscription-State"
-).split()
-_CANONICAL: Final[dict[str, str]] = {name.lower(): name for name in _KNOWN_NAMES}
-_COMPACT_KEYS: Final[dict[str, str]] = {short: full.lower() for short, full in COMPACT_FORMS.items()}
-
-_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_DIGITS_RE: Final = re.compile(r"[0-9]+")
-_CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SIP_VERSION: Final = "SIP/2.0"
-_MAX_CSEQ: Final = 2**31 - 1  # §8.1.1.5: the sequence number MUST be less than 2**31
 
 _REASONS: Final[dict[int, str]] = {
     100: "Trying",
@@ -180,51 +170,6 @@ def reason_phrase(status_code: int) -> str:
     return classes.get(status_code // 100, "Unknown")
 
 
-def canonical_name(name: str) -> str:
-    """The full, conventionally capitalised form of a header name (``"v"`` -> ``"Via"``, ``"call-id"``
-    -> ``"Call-ID"``); unknown names are returned unchanged."""
-    return _CANONICAL.get(_header_key(name), name)
-
-
-def _header_key(name: str) -> str:
-    lowered = name.strip().lower()
-    return _COMPACT_KEYS.get(lowered, lowered)
-
-
-# Errors --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyContext:
-    """The headers of a bad request that a reply copies (§8.2.6): raw values, top ``Via`` first."""
-
-    vias: tuple[str, ...]
-    from_: str
-    to: str
-    call_id: str
-    cseq: str
-
-
-class SipParseError(RemoteProtocolError):
-    """A SIP message (or header) from the peer could not be parsed (RFC 3261 §21.4.1 400 Bad Request).
-
-    ``status_code`` is the reply the error calls for (400, 505 Version Not Supported, 513 Message Too
-    Large); ``reply`` holds what a reply copies when one is possible (:attr:`can_reply`); pass the error to
-    :func:`error_response` to build it. Without a reply context the message is dropped.
-    """
-
-    def __init__(self, detail: str, *, status_code: int = 400, reply: ReplyContext | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status_code = status_code
-        self.reply = reply
-
-    @property
-    def can_reply(self) -> bool:
-        """Whether a response can be sent (a request with parseable Via/From/To/Call-ID/CSeq)."""
-        return self.reply is not None
-
-
 class SipFramingError(SipParseError):
     """A stream transport lost its message framing (§18.3): reply if :attr:`can_reply`, then close."""
 
@@ -238,514 +183,6 @@ class SipLimits:
 
 
 DEFAULT_LIMITS: Final = SipLimits()
-
-
-# Header lists and parameters -----------------------------------------------------------------------------
-
-
-def split_list(value: str, sep: str = ",") -> list[str]:
-    """Split a header value on ``sep`` outside quoted strings and ``<...>`` (§7.3.1 comma lists).
-
-    Empty elements are dropped; each element is stripped of surrounding whitespace.
-    """
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = False
-    escaped = False
-    angle = 0
-    for ch in value:
-        if quoted:
-            current.append(ch)
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                quoted = False
-            continue
-        if ch == '"':
-            quoted = True
-        elif ch == "<":
-            angle += 1
-        elif ch == ">" and angle:
-            angle -= 1
-        elif ch == sep and not angle:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(ch)
-    if quoted:
-        raise SipParseError(f"unterminated quoted string in {value[:64]!r}")
-    parts.append("".join(current).strip())
-    return [part for part in parts if part]
-
-
-def _unquote(value: str) -> str:
-    """The content of a quoted-string (§25.1), or ``value`` unchanged if it is not quoted."""
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-@dataclass(frozen=True, slots=True)
-class Params:
-    """An ordered list of ``;name[=value]`` parameters; names compare case-insensitively (§7.3.1)."""
-
-    items: tuple[tuple[str, str | None], ...] = ()
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        key = name.lower()
-        for item_name, value in self.items:
-            if item_name.lower() == key:
-                return value
-        return default
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(n.lower() == name.lower() for n, _ in self.items)
-
-    def __iter__(self) -> Iterator[tuple[str, str | None]]:
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def set(self, name: str, value: str | None) -> Params:
-        """A copy with ``name`` set to ``value`` (replaced in place, or appended)."""
-        key = name.lower()
-        if name in self:
-            return Params(tuple((n, value if n.lower() == key else v) for n, v in self.items))
-        return Params((*self.items, (name, value)))
-
-    def remove(self, name: str) -> Params:
-        key = name.lower()
-        return Params(tuple((n, v) for n, v in self.items if n.lower() != key))
-
-    def __str__(self) -> str:
-        return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in self.items)
-
-    @classmethod
-    def parse(cls, text: str) -> Params:
-        """Parse ``;a=1;b;c="x y"`` (the leading ``;`` optional)."""
-        items: list[tuple[str, str | None]] = []
-        for part in split_list(text, ";"):
-            name, eq, value = part.partition("=")
-            name = name.strip()
-            if not name or not _TOKEN_RE.fullmatch(name):
-                raise SipParseError(f"bad parameter name in {text[:64]!r}")
-            if _CONTROL_RE.search(value):
-                raise SipParseError(f"control character in parameter {name!r}")
-            items.append((name, value.strip() if eq else None))
-        return cls(tuple(items))
-
-
-# URIs ----------------------------------------------------------------------------------------------------
-
-_HOST_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9_])?\.?|\[[0-9A-Fa-f:.]+\]")
-_USER_RE: Final = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+")
-_PASSWORD_RE: Final = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,%]*")
-_URI_SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
-_OPAQUE_RE: Final = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")  # RFC 3986 characters
-
-
-@dataclass(frozen=True, slots=True)
-class SipUri:
-    """A ``sip:`` or ``sips:`` URI (RFC 3261 §19.1): ``sip:user:password@host:port;params?headers``."""
-
-    host: str
-    user: str | None = None
-    password: str | None = None
-    port: int | None = None
-    scheme: str = "sip"
-    params: Params = field(default_factory=Params)
-    headers: tuple[tuple[str, str], ...] = ()
-
-    def __str__(self) -> str:
-        out = [self.scheme, ":"]
-        if self.user is not None:
-            out.append(self.user)
-            if self.password is not None:
-                out.append(":" + self.password)
-            out.append("@")
-        out.append(self.host)
-        if self.port is not None:
-            out.append(f":{self.port}")
-        out.append(str(self.params))
-        if self.headers:
-            out.append("?" + "&".join(f"{n}={v}" for n, v in self.headers))
-        return "".join(out)
-
-    @property
-    def transport(self) -> str | None:
-        """The ``transport`` URI parameter, lower-cased (§19.1.1)."""
-        value = self.params.get("transport")
-        return value.lower() if value else None
-
-    @property
-    def loose_route(self) -> bool:
-        """Whether the URI carries ``lr`` (a loose router, §16.12, §19.1.1)."""
-        return "lr" in self.params
-
-    @property
-    def host_port(self) -> str:
-        return self.host if self.port is None else f"{self.host}:{self.port}"
-
-    def with_params(self, params: Params) -> SipUri:
-        return SipUri(self.host, self.user, self.password, self.port, self.scheme, params, self.headers)
-
-
-@dataclass(frozen=True, slots=True)
-class OtherUri:
-    """An absolute URI of another scheme (``tel:``, ``urn:``...) kept as written (§19.1, RFC 3966)."""
-
-    scheme: str
-    opaque: str
-
-    def __str__(self) -> str:
-        return f"{self.scheme}:{self.opaque}"
-
-
-Uri: TypeAlias = SipUri | OtherUri
-
-
-def _parse_host_port(text: str, where: str) -> tuple[str, int | None]:
-    if text.startswith("["):
-        end = text.find("]")
-        host, rest = text[: end + 1], text[end + 1 :]
-    else:
-        host, colon, port_text = text.partition(":")
-        rest = colon + port_text
-    if not _HOST_RE.fullmatch(host):
-        raise SipParseError(f"bad host in {where}: {text[:64]!r}")
-    if not rest:
-        return host, None
-    port_text = rest[1:]
-    if not rest.startswith(":") or not _DIGITS_RE.fullmatch(port_text) or len(port_text) > 5:
-        raise SipParseError(f"bad port in {where}: {text[:64]!r}")
-    port = int(port_text)
-    if port > 65535:
-        raise SipParseError(f"port out of range in {where}: {port}")
-    return host, port
-
-
-def parse_uri(text: str) -> Uri:
-    """Parse a URI: a :class:`SipUri` for ``sip``/``sips`` (§19.1.1), an :class:`OtherUri` otherwise.
-
-    Raises :class:`SipParseError` for anything that is not an absolute URI.
-    """
-    text = text.strip()
-    if _CONTROL_RE.search(text):
-        raise SipParseError(f"control character in URI {text[:64]!r}")
-    scheme, colon, rest = text.partition(":")
-    if not colon or not _URI_SCHEME_RE.fullmatch(scheme) or not rest or any(c.isspace() for c in rest):
-        raise SipParseError(f"bad URI: {text[:64]!r}")
-    lowered = scheme.lower()
-    if lowered not in ("sip", "sips"):
-        if not _OPAQUE_RE.fullmatch(rest):
-            raise SipParseError(f"bad URI: {text[:64]!r}")
-        return OtherUri(scheme, rest)
-    headers: tuple[tuple[str, str], ...] = ()
-    rest, question, header_text = rest.partition("?")
-    if question:
-        pairs = []
-        for pair in header_text.split("&"):
-            name, _, value = pair.partition("=")
-            if not name:
-                raise SipParseError(f"bad URI header in {text[:64]!r}")
-            pairs.append((name, value))
-        headers = tuple(pairs)
-    user: str | None = None
-    password: str | None = None
-    if "@" in rest:
-        userinfo, _, rest = rest.rpartition("@")
-        user, colon, pw = userinfo.partition(":")
-        if not _USER_RE.fullmatch(user) or not _PASSWORD_RE.fullmatch(pw):
-            raise SipParseError(f"bad user part in URI {text[:64]!r}")
-        password = pw if colon else None
-    host_port, semicolon, param_text = rest.partition(";")
-    host, port = _parse_host_port(host_port, "URI")
-    params = Params.parse(param_text) if semicolon else Params()
-    return SipUri(host, user, password, port, lowered, params, headers)
-
-
-# Name-addr (From, To, Contact, Route, Record-Route, Refer-To) ----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NameAddr:
-    """``"Display" <uri>;params`` (§20.10, §25.1 name-addr / addr-spec with header parameters)."""
-
-    uri: Uri
-    display_name: str | None = None
-    params: Params = field(default_factory=Params)
-
-    @property
-    def tag(self) -> str | None:
-        """The ``tag`` parameter (§19.3)."""
-        return self.params.get("tag")
-
-    @property
-    def sip_uri(self) -> SipUri:
-        """The URI as a :class:`SipUri`; raises :class:`SipParseError` for another scheme."""
-        if not isinstance(self.uri, SipUri):
-            raise SipParseError(f"not a SIP URI: {self.uri}")
-        return self.uri
-
-    def with_tag(self, tag: str) -> NameAddr:
-        return NameAddr(self.uri, self.display_name, self.params.set("tag", tag))
-
-    def __str__(self) -> str:
-        if self.display_name is None:
-            head = f"<{self.uri}>"
-        elif _TOKEN_LIST_RE.fullmatch(self.display_name):
-            head = f"{self.display_name} <{self.uri}>"
-        else:
-            head = f"{_quote(self.display_name)} <{self.uri}>"
-        return head + str(self.params)
-
-
-_TOKEN_LIST_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?: [A-Za-z0-9\-.!%*_+`'~]+)*")
-
-
-def parse_name_addr(text: str) -> NameAddr:
-    """Parse one name-addr or addr-spec with header parameters (§20.10, §20.20, §20.39).
-
-    In the addr-spec form (no ``<>``), parameters after the URI belong to the header, not to the URI.
-    """
-    text = text.strip()
-    if _CONTROL_RE.search(text):
-        raise SipParseError(f"control character in address {text[:64]!r}")
-    display: str | None = None
-    if text.startswith('"'):
-        match = re.match(r'"((?:[^"\\]|\\.)*)"\s*', text)
-        if not match:
-            raise SipParseError(f"unterminated display name: {text[:64]!r}")
-        display = _unquote('"' + match.group(1) + '"')
-        text = text[match.end() :]
-        if not text.startswith("<"):
-            raise SipParseError("a quoted display name must be followed by <uri>")
-    if "<" in text.split(";", 1)[0] or text.startswith("<"):
-        lt = text.find("<")
-        if display is None:
-            # Unquoted display names should be tokens (§25.1); peers send other text too: accept it.
-            words = " ".join(text[:lt].split())
-            if '"' in words:
-                raise SipParseError(f"bad display name: {words[:64]!r}")
-            display = words or None
-        gt = text.find(">", lt)
-        if gt < 0:
-            raise SipParseError(f"missing '>' in {text[:64]!r}")
-        uri = parse_uri(text[lt + 1 : gt])
-        rest = text[gt + 1 :].strip()
-    else:
-        uri_text, semicolon, rest = text.partition(";")
-        if not uri_text:
-            raise SipParseError("empty address")
-        uri = parse_uri(uri_text)
-        rest = semicolon + rest
-    if rest and not rest.startswith(";"):
-        raise SipParseError(f"unexpected text after address: {rest[:64]!r}")
-    return NameAddr(uri, display, Params.parse(rest) if rest else Params())
-
-
-def parse_name_addr_list(value: str) -> list[NameAddr]:
-    """Parse a comma-separated list of name-addrs (Contact, Route, Record-Route)."""
-    return [parse_name_addr(part) for part in split_list(value)]
-
-
-# Via -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Via:
-    """One ``Via`` value (§20.42, §18.2.1): ``SIP/2.0/UDP host:port;branch=...;received=...;rport``."""
-
-    transport: str
-    host: str
-    port: int | None = None
-    params: Params = field(default_factory=Params)
-    protocol: str = "SIP/2.0"
-
-    @property
-    def branch(self) -> str | None:
-        return self.params.get("branch")
-
-    @property
-    def received(self) -> str | None:
-        return self.params.get("received")
-
-    @property
-    def rport(self) -> int | None:
-        """The ``rport`` value (RFC 3581) if it carries one."""
-        value = self.params.get("rport")
-        return int(value) if value is not None and _DIGITS_RE.fullmatch(value) else None
-
-    @property
-    def wants_rport(self) -> bool:
-        """Whether the ``rport`` parameter is present (RFC 3581 §4: reply to the source port)."""
-        return "rport" in self.params
-
-    @property
-    def sent_by(self) -> str:
-        return self.host if self.port is None else f"{self.host}:{self.port}"
-
-    def with_params(self, params: Params) -> Via:
-        return Via(self.transport, self.host, self.port, params, self.protocol)
-
-    def __str__(self) -> str:
-        return f"{self.protocol}/{self.transport} {self.sent_by}{self.params}"
-
-
-_VIA_RE: Final = re.compile(
-    r"(?P<name>[A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*(?P<version>[A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*"
-    r"(?P<transport>[A-Za-z0-9\-.!%*_+`'~]+)\s+(?P<sent_by>[^;\s]+)\s*(?P<params>;.*)?",
-    re.DOTALL,
-)
-
-
-def parse_via(text: str) -> Via:
-    """Parse one ``Via`` value (§20.42); the transport is upper-cased."""
-    if _CONTROL_RE.search(text):
-        raise SipParseError(f"control character in Via {text[:64]!r}")
-    match = _VIA_RE.fullmatch(text.strip())
-    if not match:
-        raise SipParseError(f"bad Via: {text[:64]!r}")
-    host, port = _parse_host_port(match["sent_by"], "Via")
-    params = Params.parse(match["params"]) if match["params"] else Params()
-    branch = params.get("branch")
-    if "branch" in params and not branch:
-        raise SipParseError("empty Via branch")
-    protocol = f"{match['name'].upper()}/{match['version']}"
-    return Via(match["transport"].upper(), host, port, params, protocol)
-
-
-def parse_via_list(value: str) -> list[Via]:
-    """Parse a comma-joined ``Via`` header value."""
-    return [parse_via(part) for part in split_list(value)]
-
-
-# CSeq ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CSeq:
-    """``CSeq: 314159 INVITE`` (§20.16)."""
-
-    number: int
-    method: str
-
-    def __str__(self) -> str:
-        return f"{self.number} {self.method}"
-
-
-def parse_cseq(text: str) -> CSeq:
-    """Parse a ``CSeq`` value; the number must be below 2**31 (§8.1.1.5)."""
-    parts = re.split(r"[ \t]+", text.strip(" \t"))
-    if len(parts) != 2 or not _DIGITS_RE.fullmatch(parts[0]) or not _TOKEN_RE.fullmatch(parts[1]):
-        raise SipParseError(f"bad CSeq: {text[:64]!r}")
-    if len(parts[0]) > 10 or int(parts[0]) > _MAX_CSEQ:
-        raise SipParseError(f"CSeq number out of range: {parts[0][:16]}")
-    return CSeq(int(parts[0]), parts[1])
-
-
-# Headers -------------------------------------------------------------------------------------------------
-
-
-def _check_header(name: str, value: str) -> None:
-    if not _TOKEN_RE.fullmatch(name):
-        raise LocalProtocolError(f"bad SIP header name {name!r}")
-    if "\r" in value or "\n" in value or "\x00" in value:
-        raise LocalProtocolError(f"CR, LF or NUL in the value of SIP header {name!r}")
-
-
-class Headers:
-    """An immutable, ordered list of ``(name, value)`` header fields.
-
-    Look-ups are case-insensitive and understand compact forms (``get("Via")`` finds ``v:`` lines). Names
-    are kept as written so a parsed message serializes back as it came. Changes return a new object.
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Iterable[tuple[str, str]] = (), *, _trusted: bool = False) -> None:
-        materialized = tuple(items)
-        if not _trusted:
-            for name, value in materialized:
-                _check_header(name, value)
-        self._items: tuple[tuple[str, str], ...] = materialized
-
-    @property
-    def items(self) -> tuple[tuple[str, str], ...]:
-        return self._items
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Headers) and self._items == other._items
-
-    def __hash__(self) -> int:
-        return hash(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({list(self._items)!r})"
-
-    def get(self, name: str) -> str | None:
-        """The value of the first field called ``name``, or None."""
-        key = _header_key(name)
-        for item_name, value in self._items:
-            if _header_key(item_name) == key:
-                return value
-        return None
-
-    def get_all(self, name: str) -> list[str]:
-        """The values of every field called ``name``, one per header line, in order."""
-        key = _header_key(name)
-        return [value for item_name, value in self._items if _header_key(item_name) == key]
-
-    def get_list(self, name: str) -> list[str]:
-        """Every element of a comma-list header, across all of its lines (§7.3.1)."""
-        return [part for value in self.get_all(name) for part in split_list(value)]
-
-    def add(self, name: str, value: str) -> Headers:
-        """A copy with ``name: value`` appended."""
-        _check_header(name, value)
-        return Headers((*self._items, (name, value)), _trusted=True)
-
-    def prepend(self, name: str, value: str) -> Headers:
-        """A copy with ``name: value`` first (e.g. a new top ``Via``)."""
-        _check_header(name, value)
-        return Headers(((name, value), *self._items), _trusted=True)
-
-    def set(self, name: str, value: str) -> Headers:
-        """A copy with one ``name`` field holding ``value``: the first one replaced, others removed;
-        appended if there was none."""
-        _check_header(name, value)
-        key = _header_key(name)
-        out: list[tuple[str, str]] = []
-        replaced = False
-        for item_name, item_value in self._items:
-            if _header_key(item_name) != key:
-                out.append((item_name, item_value))
-            elif not replaced:
-                out.append((item_name, value))
-                replaced = True
-        if not replaced:
-            out.append((name, value))
-        return Headers(out, _trusted=True)
-
-    def remove(self, name: str) -> Headers:
-        key = _header_key(name)
-        return Headers(((n, v) for n, v in self._items if _header_key(n) != key), _trusted=True)
 
 
 # Messages ------------------------------------------------------------------------------------------------
@@ -827,7 +264,7 @@ class _MessageAccessors:
         if value is None:
             return None
         value = value.strip()
-        if not _DIGITS_RE.fullmatch(value) or len(value) > 3 or int(value) > 255:
+        if not DIGITS_RE.fullmatch(value) or len(value) > 3 or int(value) > 255:
             raise SipParseError(f"bad Max-Forwards: {value[:16]!r}")
         return int(value)
 
@@ -846,7 +283,7 @@ class _MessageAccessors:
         if len(numbers) != 1:
             raise SipParseError("conflicting Content-Length headers")
         value = numbers.pop()
-        if not _DIGITS_RE.fullmatch(value) or len(value) > 9:
+        if not DIGITS_RE.fullmatch(value) or len(value) > 9:
             raise SipParseError(f"bad Content-Length: {value[:16]!r}")
         return int(value)
 
@@ -951,7 +388,7 @@ def _header_lines(head: str, limits: SipLimits) -> tuple[str, list[tuple[str, st
             continue
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.fullmatch(name):
+        if not colon or not TOKEN_RE.fullmatch(name):
             raise SipParseError(f"malformed header line: {line[:64]!r}")
         fields.append((name, value.strip(" \t")))
         if len(fields) > limits.max_headers:
@@ -977,7 +414,7 @@ def _reply_context(start_line: str, fields: list[tuple[str, str]]) -> ReplyConte
         if from_ is None or to is None or call_id is None or cseq is None:
             return None
         for value in (from_, to, call_id, cseq):
-            if _CONTROL_RE.search(value):
+            if CONTROL_RE.search(value):
                 return None
         parse_name_addr(from_)
         parse_name_addr(to)
@@ -992,7 +429,7 @@ def _reply_context(start_line: str, fields: list[tuple[str, str]]) -> ReplyConte
 def _valid_call_id(value: str) -> bool:
     """``Call-ID: word ["@" word]`` (§25.1): non-empty, no whitespace or control characters."""
     value = value.strip()
-    return bool(value) and not any(c.isspace() for c in value) and not _CONTROL_RE.search(value)
+    return bool(value) and not any(c.isspace() for c in value) and not CONTROL_RE.search(value)
 
 
 def _lenient_context(head: str) -> ReplyContext | None:
@@ -1045,7 +482,7 @@ def _build(start_line: str, fields: list[tuple[str, str]], rest: bytes, *, strea
     if length_values:
         values = {v.strip() for v in length_values}
         value = values.pop()
-        if values or not _DIGITS_RE.fullmatch(value) or len(value) > 9:
+        if values or not DIGITS_RE.fullmatch(value) or len(value) > 9:
             raise SipParseError("bad Content-Length")
         length = int(value)
         if length > len(rest):
@@ -1053,7 +490,7 @@ def _build(start_line: str, fields: list[tuple[str, str]], rest: bytes, *, strea
         body = rest[:length]  # §18.3: bytes past the body are discarded
     else:
         body = b"" if stream else rest
-    if _CONTROL_RE.search(start_line) or "\r" in start_line:
+    if CONTROL_RE.search(start_line) or "\r" in start_line:
         raise SipParseError(f"control character in the start line: {start_line[:64]!r}")
     status = _STATUS_LINE_RE.fullmatch(start_line)
     if status:
@@ -1191,7 +628,7 @@ class SipStreamFramer:
         if not values:
             return 0
         value = values.pop()
-        if values or not _DIGITS_RE.fullmatch(value) or len(value) > 9:
+        if values or not DIGITS_RE.fullmatch(value) or len(value) > 9:
             self._fail(SipFramingError("bad Content-Length on a stream", reply=self._context(head)))
         return int(value)
 

@@ -256,6 +256,23 @@ class Transaction:
         self._arm(timer, now_ms + wait_ms)
         return []
 
+    def _arm_retransmit(self, timer: str, now_ms: float) -> None:
+        """Arm a retransmit timer (A, E, G) T1 from now; reliable transports never retransmit."""
+        if not self.reliable:
+            self._arm(timer, now_ms + self.timers.t1, self.timers.t1)
+
+    def _end(self, now_ms: float) -> list[TransactionEvent]:
+        """Handler of the timers that end a completed/confirmed/accepted state (D, I, J, K, L, M)."""
+        return self._terminate("done")
+
+    def _timeout(self, timer: Literal["B", "F", "H"]) -> _Handler:
+        """Handler of a timer whose firing is a timeout (B, F, H): report it, then end."""
+
+        def fire(now_ms: float) -> list[TransactionEvent]:
+            return [TransactionTimeout(timer), *self._terminate("timeout")]
+
+        return fire
+
 
 def _response_class(response: SipResponse) -> _ResponseClass:
     if response.status_code < 200:
@@ -267,9 +284,19 @@ def _response_class(response: SipResponse) -> _ResponseClass:
 
 
 class ClientTransaction(Transaction):
-    """Base of the client machines: ``start()`` sends the request, ``receive_response()`` takes responses."""
+    """Base of the client machines: ``start()`` sends the request, ``receive_response()`` takes responses.
+
+    The request timers are the same in both machines but for their names and how retransmissions back off:
+    a subclass names them and may override :meth:`_next_interval`.
+    """
 
     TRANSITIONS: ClassVar[Mapping[tuple[str, _ResponseClass], _Transition]] = {}
+    RETRANSMIT_TIMER: ClassVar[str]
+    """Retransmits the request on unreliable transports: A (INVITE) or E."""
+    TIMEOUT_TIMER: ClassVar[Literal["B", "F"]]
+    """Gives up waiting for a final response after 64*T1: B (INVITE) or F."""
+    END_TIMERS: ClassVar[tuple[str, ...]]
+    """Timers whose firing ends the transaction (D and M, or K)."""
 
     def __init__(
         self, request: SipRequest, *, reliable: bool = False, timers: TimerConfig = TimerConfig()
@@ -277,6 +304,21 @@ class ClientTransaction(Transaction):
         super().__init__(request, reliable=reliable, timers=timers)
         self.key = client_transaction_key(request)
         self.last_response: SipResponse | None = None
+        self._started = False
+        self._timer_handlers = {
+            self.RETRANSMIT_TIMER: self._retransmit,
+            self.TIMEOUT_TIMER: self._timeout(self.TIMEOUT_TIMER),
+            **dict.fromkeys(self.END_TIMERS, self._end),
+        }
+
+    def start(self, now_ms: float) -> list[TransactionEvent]:
+        """Send the request; arm the retransmit timer (unreliable transports) and the timeout timer."""
+        if self._started:
+            raise LocalProtocolError("transaction already started")
+        self._started = True
+        self._arm_retransmit(self.RETRANSMIT_TIMER, now_ms)
+        self._arm(self.TIMEOUT_TIMER, now_ms + 64 * self.timers.t1)
+        return [Transmit(self.request)]
 
     def matches(self, response: SipResponse) -> bool:
         """Whether ``response`` belongs to this transaction (§17.1.3)."""
@@ -296,9 +338,26 @@ class ClientTransaction(Transaction):
         self.last_response = response
         return ResponseReceived(response)
 
+    def _next_interval(self, previous: float) -> float:
+        """The retransmit interval after ``previous``: doubled (timer A, §17.1.1.2)."""
+        return 2 * previous
+
+    def _retransmit(self, now_ms: float) -> list[TransactionEvent]:
+        interval = self._next_interval(self._intervals[self.RETRANSMIT_TIMER])
+        self._arm(self.RETRANSMIT_TIMER, now_ms + interval, interval)
+        return [Transmit(self.request, retransmission=True)]
+
+    def _stop_request_timers(self) -> None:
+        """No more retransmissions of the request, and no timeout."""
+        self._cancel(self.RETRANSMIT_TIMER, self.TIMEOUT_TIMER)
+
 
 class InviteClientTransaction(ClientTransaction):
     """INVITE client transaction (RFC 3261 §17.1.1, RFC 6026 §7.2)."""
+
+    RETRANSMIT_TIMER = "A"
+    TIMEOUT_TIMER = "B"
+    END_TIMERS = ("D", "M")
 
     def __init__(
         self, request: SipRequest, *, reliable: bool = False, timers: TimerConfig = TimerConfig()
@@ -308,43 +367,15 @@ class InviteClientTransaction(ClientTransaction):
         super().__init__(request, reliable=reliable, timers=timers)
         self.state = "calling"
         self.ack: SipRequest | None = None
-        self._started = False
-        self._timer_handlers = {
-            "A": self._timer_a,
-            "B": self._timer_b,
-            "D": self._timer_end,
-            "M": self._timer_end,
-        }
-
-    def start(self, now_ms: float) -> list[TransactionEvent]:
-        """Send the INVITE; arm timer A (unreliable transports) and timer B."""
-        if self._started:
-            raise LocalProtocolError("transaction already started")
-        self._started = True
-        if not self.reliable:
-            self._arm("A", now_ms + self.timers.t1, self.timers.t1)
-        self._arm("B", now_ms + 64 * self.timers.t1)
-        return [Transmit(self.request)]
-
-    def _timer_a(self, now_ms: float) -> list[TransactionEvent]:
-        interval = self._intervals["A"] * 2
-        self._arm("A", now_ms + interval, interval)
-        return [Transmit(self.request, retransmission=True)]
-
-    def _timer_b(self, now_ms: float) -> list[TransactionEvent]:
-        return [TransactionTimeout("B"), *self._terminate("timeout")]
-
-    def _timer_end(self, now_ms: float) -> list[TransactionEvent]:
-        return self._terminate("done")
 
     def _on_provisional(self, response: SipResponse, now_ms: float) -> list[TransactionEvent]:
         self.state = "proceeding"
-        self._cancel("A", "B")
+        self._stop_request_timers()
         return [self._deliver(response)]
 
     def _on_success(self, response: SipResponse, now_ms: float) -> list[TransactionEvent]:
         self.state = "accepted"  # RFC 6026: stay to pass 2xx retransmissions (other forks) to the TU
-        self._cancel("A", "B")
+        self._stop_request_timers()
         self._arm("M", now_ms + 64 * self.timers.t1)
         return [self._deliver(response)]
 
@@ -353,7 +384,7 @@ class InviteClientTransaction(ClientTransaction):
 
     def _on_failure(self, response: SipResponse, now_ms: float) -> list[TransactionEvent]:
         self.state = "completed"
-        self._cancel("A", "B")
+        self._stop_request_timers()
         self.ack = build_ack_for_non2xx(self.request, response)
         events: list[TransactionEvent] = [Transmit(self.ack), self._deliver(response)]
         return events + self._wait_or_terminate("D", now_ms, max(32_000.0, 64 * self.timers.t1))
@@ -377,6 +408,10 @@ class InviteClientTransaction(ClientTransaction):
 class NonInviteClientTransaction(ClientTransaction):
     """Non-INVITE client transaction (RFC 3261 §17.1.2)."""
 
+    RETRANSMIT_TIMER = "E"
+    TIMEOUT_TIMER = "F"
+    END_TIMERS = ("K",)
+
     def __init__(
         self, request: SipRequest, *, reliable: bool = False, timers: TimerConfig = TimerConfig()
     ) -> None:
@@ -384,30 +419,10 @@ class NonInviteClientTransaction(ClientTransaction):
             raise LocalProtocolError(f"a non-INVITE transaction for a {request.method}")
         super().__init__(request, reliable=reliable, timers=timers)
         self.state = "trying"
-        self._started = False
-        self._timer_handlers = {"E": self._timer_e, "F": self._timer_f, "K": self._timer_k}
 
-    def start(self, now_ms: float) -> list[TransactionEvent]:
-        """Send the request; arm timer E (unreliable transports) and timer F."""
-        if self._started:
-            raise LocalProtocolError("transaction already started")
-        self._started = True
-        if not self.reliable:
-            self._arm("E", now_ms + self.timers.t1, self.timers.t1)
-        self._arm("F", now_ms + 64 * self.timers.t1)
-        return [Transmit(self.request)]
-
-    def _timer_e(self, now_ms: float) -> list[TransactionEvent]:
-        # Trying: doubling up to T2; Proceeding: every T2 (§17.1.2.2).
-        interval = min(2 * self._intervals["E"], self.timers.t2) if self.state == "trying" else self.timers.t2
-        self._arm("E", now_ms + interval, interval)
-        return [Transmit(self.request, retransmission=True)]
-
-    def _timer_f(self, now_ms: float) -> list[TransactionEvent]:
-        return [TransactionTimeout("F"), *self._terminate("timeout")]
-
-    def _timer_k(self, now_ms: float) -> list[TransactionEvent]:
-        return self._terminate("done")
+    def _next_interval(self, previous: float) -> float:
+        """Timer E: in trying, doubling up to T2; in proceeding, every T2 (§17.1.2.2)."""
+        return min(2 * previous, self.timers.t2) if self.state == "trying" else self.timers.t2
 
     def _on_provisional(self, response: SipResponse, now_ms: float) -> list[TransactionEvent]:
         self.state = "proceeding"
@@ -415,7 +430,7 @@ class NonInviteClientTransaction(ClientTransaction):
 
     def _on_final(self, response: SipResponse, now_ms: float) -> list[TransactionEvent]:
         self.state = "completed"
-        self._cancel("E", "F")
+        self._stop_request_timers()
         return [self._deliver(response), *self._wait_or_terminate("K", now_ms, self.timers.t4)]
 
     TRANSITIONS: ClassVar[Mapping[tuple[str, _ResponseClass], _Transition]] = {
@@ -483,9 +498,9 @@ class InviteServerTransaction(ServerTransaction):
         self._timer_handlers = {
             "trying": self._timer_trying,
             "G": self._timer_g,
-            "H": self._timer_h,
-            "I": self._timer_end,
-            "L": self._timer_end,
+            "H": self._timeout("H"),
+            "I": self._end,
+            "L": self._end,
         }
         self._arm("trying", now_ms + timers.trying)
 
@@ -523,8 +538,7 @@ class InviteServerTransaction(ServerTransaction):
     def _send_failure(self, response: SipResponse, now_ms: float) -> list[TransactionEvent]:
         self.state = "completed"
         self._cancel("trying")
-        if not self.reliable:
-            self._arm("G", now_ms + self.timers.t1, self.timers.t1)
+        self._arm_retransmit("G", now_ms)
         self._arm("H", now_ms + 64 * self.timers.t1)
         return [Transmit(response)]
 
@@ -532,12 +546,6 @@ class InviteServerTransaction(ServerTransaction):
         interval = min(2 * self._intervals["G"], self.timers.t2)
         self._arm("G", now_ms + interval, interval)
         return self._resend_last()
-
-    def _timer_h(self, now_ms: float) -> list[TransactionEvent]:
-        return [TransactionTimeout("H"), *self._terminate("timeout")]
-
-    def _timer_end(self, now_ms: float) -> list[TransactionEvent]:
-        return self._terminate("done")
 
     TRANSITIONS: ClassVar[Mapping[tuple[str, _ResponseClass], _Transition]] = {
         ("proceeding", "1xx"): _send_provisional,
@@ -557,7 +565,7 @@ class NonInviteServerTransaction(ServerTransaction):
             raise LocalProtocolError(f"a non-INVITE transaction for a {request.method}")
         super().__init__(request, reliable=reliable, timers=timers)
         self.state = "trying"
-        self._timer_handlers = {"J": self._timer_j}
+        self._timer_handlers = {"J": self._end}
 
     def receive_request(self, request: SipRequest, now_ms: float) -> list[TransactionEvent]:
         """A retransmission of the request: answer with the last response, if any (§17.2.2)."""
@@ -572,9 +580,6 @@ class NonInviteServerTransaction(ServerTransaction):
     def _send_final(self, response: SipResponse, now_ms: float) -> list[TransactionEvent]:
         self.state = "completed"
         return [Transmit(response), *self._wait_or_terminate("J", now_ms, 64 * self.timers.t1)]
-
-    def _timer_j(self, now_ms: float) -> list[TransactionEvent]:
-        return self._terminate("done")
 
     TRANSITIONS: ClassVar[Mapping[tuple[str, _ResponseClass], _Transition]] = {
         ("trying", "1xx"): _send_provisional,
