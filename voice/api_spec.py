@@ -42,6 +42,14 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    """A JSON request body with ``schema``."""
+    body: dict[str, Any] = {"content": {"application/json": {"schema": schema}}}
+    if required:
+        body = {"required": True, **body}
+    return body
+
+
 def _err(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
@@ -198,42 +206,36 @@ PATHS: Final[dict[str, Any]] = {
             "record the outcome (completed, busy, no_answer, failed, canceled) and answering-machine "
             "results. When the callee answers, the call's Media Stream connects and the record goes live "
             "under the same id. Also `voice call TO [--from NUMBER] [--agent NAME]`.",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["to"],
-                            "properties": {
-                                "to": {
-                                    "type": "string",
-                                    "description": "E.164 number, sip: URI or client:NAME.",
-                                    "example": "+15551230000",
-                                },
-                                "from": {
-                                    "type": "string",
-                                    "description": "Caller id (a Twilio number); default "
-                                    "VOICE_TWILIO_FROM_NUMBER.",
-                                },
-                                "agent": {"type": "string", "description": "Agent profile; default agent."},
-                                "via": {
-                                    "type": "string",
-                                    "enum": ["twilio", "sip"],
-                                    "description": "Default: sip for sip:/sips: URIs, else twilio.",
-                                },
-                                "machine_detection": {
-                                    "type": "string",
-                                    "enum": ["off", "Enable", "DetectMessageEnd"],
-                                    "description": "Answering-machine detection; default "
-                                    "VOICE_TWILIO_MACHINE_DETECTION.",
-                                },
-                                "ring_timeout_s": {"type": "integer", "minimum": 5, "maximum": 600},
-                            },
-                        }
-                    }
-                },
-            },
+            "requestBody": _json_body(
+                {
+                    "type": "object",
+                    "required": ["to"],
+                    "properties": {
+                        "to": {
+                            "type": "string",
+                            "description": "E.164 number, sip: URI or client:NAME.",
+                            "example": "+15551230000",
+                        },
+                        "from": {
+                            "type": "string",
+                            "description": "Caller id (a Twilio number); default VOICE_TWILIO_FROM_NUMBER.",
+                        },
+                        "agent": {"type": "string", "description": "Agent profile; default agent."},
+                        "via": {
+                            "type": "string",
+                            "enum": ["twilio", "sip"],
+                            "description": "Default: sip for sip:/sips: URIs, else twilio.",
+                        },
+                        "machine_detection": {
+                            "type": "string",
+                            "enum": ["off", "Enable", "DetectMessageEnd"],
+                            "description": "Answering-machine detection; default "
+                            "VOICE_TWILIO_MACHINE_DETECTION.",
+                        },
+                        "ring_timeout_s": {"type": "integer", "minimum": 5, "maximum": 600},
+                    },
+                }
+            ),
             "responses": {
                 "201": _json(
                     {
@@ -312,28 +314,22 @@ PATHS: Final[dict[str, Any]] = {
             "ends with end_reason busy, no_answer, rejected, canceled or failed and metadata.sip.status_code "
             "and reason (GET /api/calls/{id}). sips: URIs need TLS, which the user agent does not offer "
             "(400). Also `voice call sip:USER@HOST[:PORT] [--agent NAME] [--wait]`.",
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["to"],
-                            "properties": {
-                                "to": {"type": "string", "example": "sip:alice@192.0.2.10:5060"},
-                                "from": {"type": "string", "description": "User part of our From."},
-                                "agent": {"type": "string", "description": "Agent profile; default agent."},
-                                "ring_timeout_s": {"type": "number", "minimum": 1, "maximum": 600},
-                                "wait": {
-                                    "type": "boolean",
-                                    "description": "Answer only once the call is answered (201) or "
-                                    "failed (502).",
-                                },
-                            },
-                        }
-                    }
-                },
-            },
+            "requestBody": _json_body(
+                {
+                    "type": "object",
+                    "required": ["to"],
+                    "properties": {
+                        "to": {"type": "string", "example": "sip:alice@192.0.2.10:5060"},
+                        "from": {"type": "string", "description": "User part of our From."},
+                        "agent": {"type": "string", "description": "Agent profile; default agent."},
+                        "ring_timeout_s": {"type": "number", "minimum": 1, "maximum": 600},
+                        "wait": {
+                            "type": "boolean",
+                            "description": "Answer only once the call is answered (201) or failed (502).",
+                        },
+                    },
+                }
+            ),
             "responses": {
                 "201": _json(
                     {
@@ -366,23 +362,20 @@ PATHS: Final[dict[str, Any]] = {
             "description": "Give the token to the page (widget data-token or data-token-url). It authorizes "
             "one call (/ws/browser or WebRTC) until it expires, for the given agent and page origin if set; "
             "a second call with the same token is refused (token_used): mint one per call.",
-            "requestBody": {
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {
-                                "agent": {"type": "string", "description": "Restrict to this agent."},
-                                "origin": {
-                                    "type": "string",
-                                    "description": "Restrict to pages of this origin (scheme://host[:port]).",
-                                },
-                                "ttl_s": {"type": "number", "default": 300, "maximum": 86400},
-                            },
-                        }
-                    }
-                }
-            },
+            "requestBody": _json_body(
+                {
+                    "type": "object",
+                    "properties": {
+                        "agent": {"type": "string", "description": "Restrict to this agent."},
+                        "origin": {
+                            "type": "string",
+                            "description": "Restrict to pages of this origin (scheme://host[:port]).",
+                        },
+                        "ttl_s": {"type": "number", "default": 300, "maximum": 86400},
+                    },
+                },
+                required=False,
+            ),
             "responses": {
                 "201": _json(
                     {
@@ -472,17 +465,14 @@ PATHS: Final[dict[str, Any]] = {
                 {"name": "agent", "in": "query", "schema": {"type": "string"}},
                 {"name": "token", "in": "query", "schema": {"type": "string"}},
             ],
-            "requestBody": {
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["sdp", "type"],
-                            "properties": {"sdp": {"type": "string"}, "type": {"const": "offer"}},
-                        }
-                    }
-                }
-            },
+            "requestBody": _json_body(
+                {
+                    "type": "object",
+                    "required": ["sdp", "type"],
+                    "properties": {"sdp": {"type": "string"}, "type": {"const": "offer"}},
+                },
+                required=False,
+            ),
             "responses": {
                 "200": _json(
                     {
