@@ -20,7 +20,14 @@ from tests.realtime.samples import REAL_SAMPLES
 from voice.config import Settings
 from voice.errors import ConfigError, UpstreamAuthError, UpstreamClosedError, UpstreamConnectError
 from voice.realtime.builders import input_audio_append, response_create
-from voice.realtime.client import RealtimeConnection, encode_event, safe_url, upstream_target
+from voice.realtime.client import (
+    MaskPool,
+    RealtimeConnection,
+    encode_event,
+    masked_text_frame,
+    safe_url,
+    upstream_target,
+)
 from voice.realtime.events import MalformedServerEvent, UnknownServerEvent
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
@@ -32,8 +39,12 @@ SECRET = "sk-test-SECRET-never-logged"
 
 
 @asynccontextmanager
-async def ws_server(handler: Handler, process_request: ProcessRequest | None = None) -> AsyncIterator[str]:
-    async with serve(handler, "127.0.0.1", 0, process_request=process_request) as server:
+async def ws_server(
+    handler: Handler, process_request: ProcessRequest | None = None, compression: str | None = "deflate"
+) -> AsyncIterator[str]:
+    async with serve(
+        handler, "127.0.0.1", 0, process_request=process_request, compression=compression
+    ) as server:
         port = server.sockets[0].getsockname()[1]
         yield f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
 
@@ -426,7 +437,12 @@ def test_encoded_events_are_the_same_json_whatever_the_path(event: dict[str, Any
     assert ", " not in text and '": ' not in text
 
 
-async def test_send_nowait_writes_in_order_with_send_and_declines_once_closed() -> None:
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_send_nowait_writes_in_order_with_send_and_declines_once_closed(
+    compression: str | None,
+) -> None:
+    """With permessage-deflate the protocol object encodes the frame; without it (the local engine) the frame
+    is written directly, masked with a pooled key: the server reads both the same."""
     received: list[str] = []
     done = asyncio.Event()
 
@@ -437,7 +453,7 @@ async def test_send_nowait_writes_in_order_with_send_and_declines_once_closed() 
         done.set()
         await ws.close(1000, "bye")
 
-    async with ws_server(handler) as url:
+    async with ws_server(handler, compression=compression) as url:
         conn = await RealtimeConnection.open(url)
         async with conn:
             await conn.wait_for_session()
@@ -453,3 +469,21 @@ async def test_send_nowait_writes_in_order_with_send_and_declines_once_closed() 
     ids = [json.loads(text).get("event_id") for text in received]
     assert ids[:4] == ["event_1", "event_2", "event_3", "event_4"]
     assert json.loads(received[4])["type"] == "response.create"
+
+
+def test_masked_text_frame_matches_rfc_6455_and_every_length_form() -> None:
+    # RFC 6455 section 5.7: a single-frame masked text message "Hello".
+    assert masked_text_frame(b"Hello", bytes.fromhex("37fa213d")) == bytes.fromhex("818537fa213d7f9f4d5158")
+    mask = b"\x01\x02\x03\x04"
+    medium = masked_text_frame(b"a" * 300, mask)
+    assert medium[:4] == bytes([0x81, 0xFE]) + (300).to_bytes(2, "big") and medium[4:8] == mask
+    large = masked_text_frame(b"a" * 70000, mask)
+    assert large[:10] == bytes([0x81, 0xFF]) + (70000).to_bytes(8, "big") and len(large) == 14 + 70000
+    assert bytes(b ^ mask[i % 4] for i, b in enumerate(large[14:30])) == b"a" * 16
+
+
+def test_mask_pool_gives_fresh_four_byte_keys_and_refills() -> None:
+    pool = MaskPool(keys_per_refill=4)
+    keys = [pool.take() for _ in range(12)]  # three refills
+    assert all(len(k) == 4 for k in keys)
+    assert len(set(keys)) >= 10  # random: a repeat among 12 keys of 32 bits is all but impossible

@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -40,6 +42,7 @@ from openai.types.realtime import RealtimeErrorEvent, SessionCreatedEvent
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
+from websockets.speedups import apply_mask
 
 from voice.config import Settings
 from voice.errors import (
@@ -141,6 +144,36 @@ def encode_event(event: Mapping[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
+class MaskPool:
+    """Masking keys for client frames (RFC 6455 §5.3: unpredictable, from a strong source of entropy), drawn
+    from one ``os.urandom`` call per 1024 frames instead of one per frame."""
+
+    def __init__(self, keys_per_refill: int = 1024) -> None:
+        self._size = 4 * keys_per_refill
+        self._pool = b""
+        self._at = 0
+
+    def take(self) -> bytes:
+        if self._at >= len(self._pool):
+            self._pool = os.urandom(self._size)
+            self._at = 0
+        key = self._pool[self._at : self._at + 4]
+        self._at += 4
+        return key
+
+
+def masked_text_frame(payload: bytes, mask: bytes) -> bytes:
+    """One final, masked text frame (RFC 6455 §5.2) carrying ``payload``, masked with the 4-byte ``mask``."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+    return head + mask + apply_mask(payload, mask)
+
+
 def _closed_error(exc: ConnectionClosed) -> UpstreamClosedError:
     # The peer's close frame; else the one we sent when we failed the connection (1009 for a message over
     # max_size); else 1006: the connection dropped without any close frame.
@@ -170,6 +203,7 @@ class RealtimeConnection:
         self.malformed_events = 0
         self._unknown_types: set[str] = set()
         self._binary_logged = False
+        self._masks = MaskPool()
 
     @classmethod
     async def open(
@@ -248,8 +282,12 @@ class RealtimeConnection:
         ws = self._ws
         if ws.protocol.state is not State.OPEN or ws.transport.get_write_buffer_size() > SEND_NOWAIT_LIMIT:
             return False
-        ws.protocol.send_text(encode_event(event).encode())
-        ws.send_data()
+        data = encode_event(event).encode()
+        if ws.protocol.extensions:  # e.g. permessage-deflate: the protocol object must encode the frame
+            ws.protocol.send_text(data)
+            ws.send_data()
+        else:  # the frame as websockets would write it, with a pooled masking key
+            ws.transport.write(masked_text_frame(data, self._masks.take()))
         return True
 
     async def recv(self) -> ServerEvent:
