@@ -362,3 +362,14 @@ _messages: st.SearchStrategy[TwilioMessage] = st.one_of(
 @given(_messages)
 def test_round_trip(message: TwilioMessage) -> None:
     assert parse_message(encode_message(message)) == message
+
+
+@given(st.text(max_size=40), st.text(max_size=40), st.binary(max_size=400))
+@settings(max_examples=200, deadline=None)
+def test_per_frame_messages_are_the_general_encoding(stream_sid: str, name: str, payload: bytes) -> None:
+    """media_message and mark_message take a formatted shortcut when nothing needs escaping; whatever the
+    ids, the text is the one encode_outbound gives."""
+    for sid in (stream_sid, "MZ" + "0123456789abcdef" * 2):
+        assert media_message(sid, payload) == encode_outbound(OutboundMedia(sid, payload))
+        assert mark_message(sid, name) == encode_outbound(OutboundMark(sid, name))
+        assert mark_message(sid, "17:item_abc:340") == encode_outbound(OutboundMark(sid, "17:item_abc:340"))
