@@ -148,25 +148,31 @@ def server_transaction_key(request: SipRequest) -> tuple[str, ...]:
 # Building ACK and CANCEL ---------------------------------------------------------------------------------
 
 
+def _same_transaction_request(method: str, request: SipRequest, to: str) -> SipRequest:
+    """``method`` (ACK or CANCEL) for ``request``'s transaction: its Request-URI, top Via (same branch),
+    ``Route`` headers, From, Call-ID and CSeq number, with the given ``To``."""
+    headers = Headers(
+        [
+            ("Via", str(request.top_via)),
+            ("Max-Forwards", "70"),
+            *(("Route", route) for route in request.headers.get_all("Route")),
+            ("From", request.headers.get("From") or ""),
+            ("To", to),
+            ("Call-ID", request.headers.get("Call-ID") or ""),
+            ("CSeq", f"{request.cseq.number} {method}"),
+            ("Content-Length", "0"),
+        ]
+    )
+    return SipRequest(method, request.uri, headers)
+
+
 def build_ack_for_non2xx(invite: SipRequest, response: SipResponse) -> SipRequest:
     """The ACK a client INVITE transaction sends for a 300-699 response (§17.1.1.3).
 
     Same Request-URI, Call-ID, From and CSeq number as the INVITE; ``To`` from the response (with its tag);
     only the INVITE's top Via (same branch); the INVITE's ``Route`` headers.
     """
-    headers = Headers(
-        [
-            ("Via", str(invite.top_via)),
-            ("Max-Forwards", "70"),
-            *(("Route", route) for route in invite.headers.get_all("Route")),
-            ("From", invite.headers.get("From") or ""),
-            ("To", response.headers.get("To") or ""),
-            ("Call-ID", invite.headers.get("Call-ID") or ""),
-            ("CSeq", f"{invite.cseq.number} ACK"),
-            ("Content-Length", "0"),
-        ]
-    )
-    return SipRequest("ACK", invite.uri, headers)
+    return _same_transaction_request("ACK", invite, response.headers.get("To") or "")
 
 
 def build_cancel(request: SipRequest) -> SipRequest:
@@ -174,19 +180,7 @@ def build_cancel(request: SipRequest) -> SipRequest:
     (so the same branch) as the request, and its ``Route`` headers."""
     if request.method == "ACK":
         raise LocalProtocolError("an ACK cannot be cancelled")
-    headers = Headers(
-        [
-            ("Via", str(request.top_via)),
-            ("Max-Forwards", "70"),
-            *(("Route", route) for route in request.headers.get_all("Route")),
-            ("From", request.headers.get("From") or ""),
-            ("To", request.headers.get("To") or ""),
-            ("Call-ID", request.headers.get("Call-ID") or ""),
-            ("CSeq", f"{request.cseq.number} CANCEL"),
-            ("Content-Length", "0"),
-        ]
-    )
-    return SipRequest("CANCEL", request.uri, headers)
+    return _same_transaction_request("CANCEL", request, request.headers.get("To") or "")
 
 
 # Base ----------------------------------------------------------------------------------------------------
