@@ -109,21 +109,7 @@ def expect_int(param: str, value: Any, *, minimum: int | None = None, maximum: i
         number = int(value)
     else:
         raise wrong_type(param, "an integer", value)
-    value = number
-    if minimum is not None and value < minimum:
-        raise RealtimeError(
-            f"Invalid '{param}': integer below minimum value. "
-            f"Expected a value >= {minimum}, but got {value} instead.",
-            code="integer_below_min_value",
-            param=param,
-        )
-    if maximum is not None and value > maximum:
-        raise RealtimeError(
-            f"Invalid '{param}': integer above maximum value. "
-            f"Expected a value <= {maximum}, but got {value} instead.",
-            code="integer_above_max_value",
-            param=param,
-        )
+    _check_range(param, number, number, "integer", minimum, maximum)
     return number
 
 
@@ -133,18 +119,26 @@ def expect_number(
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise wrong_type(param, "a decimal", value)
     number = float(value)
+    _check_range(param, number, value, "decimal", minimum, maximum)
+    return number
+
+
+def _check_range(
+    param: str, number: float, shown: Any, word: str, minimum: float | None, maximum: float | None
+) -> None:
+    """OpenAI's ``{word}_below_min_value`` / ``{word}_above_max_value`` error when ``number`` is out of range
+    (``shown`` is the value as the client sent it)."""
     if minimum is not None and number < minimum:
         raise RealtimeError(
-            f"Invalid '{param}': decimal below minimum value. "
-            f"Expected a value >= {minimum}, but got {value} instead.",
-            code="decimal_below_min_value",
+            f"Invalid '{param}': {word} below minimum value. "
+            f"Expected a value >= {minimum}, but got {shown} instead.",
+            code=f"{word}_below_min_value",
             param=param,
         )
     if maximum is not None and number > maximum:
         raise RealtimeError(
-            f"Invalid '{param}': decimal above maximum value. "
-            f"Expected a value <= {maximum}, but got {value} instead.",
-            code="decimal_above_max_value",
+            f"Invalid '{param}': {word} above maximum value. "
+            f"Expected a value <= {maximum}, but got {shown} instead.",
+            code=f"{word}_above_max_value",
             param=param,
         )
-    return number
