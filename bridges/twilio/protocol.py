@@ -41,6 +41,7 @@ from typing import Any, Final, TypeAlias
 
 from bridges.base import is_dtmf_digit
 from bridges.twilio.errors import TwilioProtocolError
+from voice.jsontext import plain
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -196,18 +197,13 @@ def _dumps(message: Mapping[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
-def _plain(text: str) -> bool:
-    """``text`` can stand between JSON quotes as it is (printable ASCII, no quote or backslash)."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
-
-
 def media_message(stream_sid: str, payload: bytes) -> str:
     """``{"event":"media","streamSid":…,"media":{"payload":<base64>}}`` (§E.3).
 
     Sent for every 20 ms of agent audio: formatted directly when the stream id needs no escaping (Twilio's
     ``MZ…`` ids never do); the same JSON as :func:`encode_outbound`.
     """
-    if not _plain(stream_sid):
+    if not plain(stream_sid):
         return encode_outbound(OutboundMedia(stream_sid, payload))
     b64 = base64.b64encode(payload).decode("ascii")
     return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{b64}"}}}}'
@@ -216,7 +212,7 @@ def media_message(stream_sid: str, payload: bytes) -> str:
 def mark_message(stream_sid: str, name: str) -> str:
     """``{"event":"mark","streamSid":…,"mark":{"name":…}}`` (§E.3), formatted directly like
     :func:`media_message` when nothing needs escaping."""
-    if not (_plain(stream_sid) and _plain(name)):
+    if not (plain(stream_sid) and plain(name)):
         return encode_outbound(OutboundMark(stream_sid, name))
     return f'{{"event":"mark","streamSid":"{stream_sid}","mark":{{"name":"{name}"}}}}'
 

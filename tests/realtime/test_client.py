@@ -24,7 +24,7 @@ from voice.realtime.client import (
     MaskPool,
     RealtimeConnection,
     encode_event,
-    masked_text_frame,
+    masked_frame,
     safe_url,
     upstream_target,
 )
@@ -471,13 +471,14 @@ async def test_send_nowait_writes_in_order_with_send_and_declines_once_closed(
     assert json.loads(received[4])["type"] == "response.create"
 
 
-def test_masked_text_frame_matches_rfc_6455_and_every_length_form() -> None:
+def test_masked_frame_matches_rfc_6455_and_every_length_form() -> None:
     # RFC 6455 section 5.7: a single-frame masked text message "Hello".
-    assert masked_text_frame(b"Hello", bytes.fromhex("37fa213d")) == bytes.fromhex("818537fa213d7f9f4d5158")
+    assert masked_frame(1, b"Hello", bytes.fromhex("37fa213d")) == bytes.fromhex("818537fa213d7f9f4d5158")
+    assert masked_frame(2, b"", bytes(4)) == bytes.fromhex("8280") + bytes(4)
     mask = b"\x01\x02\x03\x04"
-    medium = masked_text_frame(b"a" * 300, mask)
+    medium = masked_frame(1, b"a" * 300, mask)
     assert medium[:4] == bytes([0x81, 0xFE]) + (300).to_bytes(2, "big") and medium[4:8] == mask
-    large = masked_text_frame(b"a" * 70000, mask)
+    large = masked_frame(1, b"a" * 70000, mask)
     assert large[:10] == bytes([0x81, 0xFF]) + (70000).to_bytes(8, "big") and len(large) == 14 + 70000
     assert bytes(b ^ mask[i % 4] for i, b in enumerate(large[14:30])) == b"a" * 16
 

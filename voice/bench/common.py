@@ -19,8 +19,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import httpx
+
+from voice.realtime.client import masked_frame
+
+_ZERO_MASK: Final = bytes(4)
 
 __all__ = [
     "LeanWebSocket",
@@ -109,15 +114,8 @@ def start_engine(port: int, log_path: Path, *, nice: int = 0) -> subprocess.Pope
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A final, masked client frame with the all-zero masking key (RFC 6455 §5.2, §5.3)."""
-    n = len(payload)
-    if n < 126:
-        header = bytes([0x80 | opcode, 0x80 | n])
-    elif n < 65536:
-        header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
-    return header + b"\x00\x00\x00\x00" + payload
+    """A final client frame masked with the all-zero key (RFC 6455 §5.3), which leaves the payload as is."""
+    return masked_frame(opcode, payload, _ZERO_MASK)
 
 
 def parse_frame(buf: bytearray) -> tuple[int, bytes] | None:

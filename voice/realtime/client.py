@@ -51,6 +51,7 @@ from voice.errors import (
     UpstreamClosedError,
     UpstreamConnectError,
 )
+from voice.jsontext import plain
 from voice.logs import get_logger
 from voice.realtime.events import MalformedServerEvent, ServerEvent, UnknownServerEvent, parse_server_event
 
@@ -120,11 +121,6 @@ def _error_message(body: bytes | None) -> str:
     return text.strip()[:300]
 
 
-def _json_safe(text: str) -> bool:
-    """``text`` can go between JSON quotes as it is (printable ASCII, no quote or backslash)."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
-
-
 def encode_event(event: Mapping[str, Any]) -> str:
     """A client event as compact JSON text.
 
@@ -134,12 +130,7 @@ def encode_event(event: Mapping[str, Any]) -> str:
     """
     if event.get("type") == "input_audio_buffer.append" and len(event) == 3:
         event_id, audio = event.get("event_id"), event.get("audio")
-        if (
-            isinstance(event_id, str)
-            and isinstance(audio, str)
-            and _json_safe(event_id)
-            and _json_safe(audio)
-        ):
+        if isinstance(event_id, str) and isinstance(audio, str) and plain(event_id) and plain(audio):
             return f'{_APPEND_HEAD}{event_id}","audio":"{audio}"}}'
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
@@ -162,15 +153,17 @@ class MaskPool:
         return key
 
 
-def masked_text_frame(payload: bytes, mask: bytes) -> bytes:
-    """One final, masked text frame (RFC 6455 §5.2) carrying ``payload``, masked with the 4-byte ``mask``."""
+def masked_frame(opcode: int, payload: bytes, mask: bytes) -> bytes:
+    """One final client frame (RFC 6455 §5.2: ``opcode`` 1 text, 2 binary, 10 pong...) carrying ``payload``
+    masked with the 4-byte ``mask``."""
     n = len(payload)
+    first = 0x80 | opcode
     if n < 126:
-        head = struct.pack("!BB", 0x81, 0x80 | n)
+        head = struct.pack("!BB", first, 0x80 | n)
     elif n < 65536:
-        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        head = struct.pack("!BBH", first, 0x80 | 126, n)
     else:
-        head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+        head = struct.pack("!BBQ", first, 0x80 | 127, n)
     return head + mask + apply_mask(payload, mask)
 
 
@@ -287,7 +280,7 @@ class RealtimeConnection:
             ws.protocol.send_text(data)
             ws.send_data()
         else:  # the frame as websockets would write it, with a pooled masking key
-            ws.transport.write(masked_text_frame(data, self._masks.take()))
+            ws.transport.write(masked_frame(1, data, self._masks.take()))
         return True
 
     async def recv(self) -> ServerEvent:
