@@ -253,13 +253,17 @@ class Recorder:
 
     def _settle(self, channel: Channel) -> None:
         """Place the channel's gathered audio in the window (and commit when the horizon allows)."""
+        if self._place_run(channel) and self._horizon() - self._committed >= self._flush_every:
+            self._commit(self._horizon())
+
+    def _place_run(self, channel: Channel) -> bool:
+        """Place the channel's gathered audio, if any, in the window; ``True`` when there was some."""
         run = self._runs[channel]
         if run is None:
-            return
+            return False
         self._runs[channel] = None
         self._place(channel, run[1], run[0])
-        if self._horizon() - self._committed >= self._flush_every:
-            self._commit(self._horizon())
+        return True
 
     def _place(self, channel: Channel, pcm16: bytearray, start: int) -> None:
         samples = np.frombuffer(pcm16, dtype="<i2")
@@ -284,10 +288,7 @@ class Recorder:
 
     def _commit(self, upto: int) -> None:
         for channel in (_CALLER, _AGENT):  # no gathered audio may miss the commit
-            run = self._runs[channel]
-            if run is not None:
-                self._runs[channel] = None
-                self._place(channel, run[1], run[0])
+            self._place_run(channel)
         count = upto - self._committed
         if count <= 0:
             return
