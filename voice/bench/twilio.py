@@ -96,6 +96,18 @@ QUESTION: Final = "What are your opening hours?"
 START_TIMEOUT_S: Final = 60.0
 
 
+def _start_message(stream_sid: str, call_sid: str, call_id: str, sequence_number: int) -> str:
+    """Twilio's ``start`` for a bench stream: the restaurant agent, our call id as a custom parameter."""
+    start = Start(
+        stream_sid=stream_sid,
+        call_sid=call_sid,
+        account_sid="AC" + "00" * 16,
+        custom_parameters={"agent": "restaurant", "call_id": call_id, "direction": "inbound"},
+        sequence_number=sequence_number,
+    )
+    return encode_message(start)
+
+
 def _sid(prefix: str) -> str:
     return prefix + os.urandom(16).hex()
 
@@ -147,14 +159,7 @@ class BenchCaller:
         self._t0 = loop.time()
         self.queued_until = self._t0
         await self.ws.send(encode_message(Connected()))
-        start = Start(
-            stream_sid=self.stream_sid,
-            call_sid=self.call_sid,
-            account_sid="AC" + "00" * 16,
-            custom_parameters={"agent": "restaurant", "call_id": self.call_id, "direction": "inbound"},
-            sequence_number=self._next_seq(),
-        )
-        await self.ws.send(encode_message(start))
+        await self.ws.send(_start_message(self.stream_sid, self.call_sid, self.call_id, self._next_seq()))
         self._reader = asyncio.create_task(self._read(), name=f"bench-caller-{self.call_id}")
 
     def _next_seq(self) -> int:
@@ -479,14 +484,7 @@ class LeanTwilio(LeanWebSocket):
     def on_open(self) -> None:
         self.t0 = self.queued_until = self.loop.time()
         self._send_text(encode_message(Connected()))
-        start = Start(
-            stream_sid=self.stream_sid,
-            call_sid=self.call_sid,
-            account_sid="AC" + "00" * 16,
-            custom_parameters={"agent": "restaurant", "call_id": self.call_id, "direction": "inbound"},
-            sequence_number=self._next_seq(),
-        )
-        self._send_text(encode_message(start))
+        self._send_text(_start_message(self.stream_sid, self.call_sid, self.call_id, self._next_seq()))
         self.set_ready()
 
     def on_message(self, opcode: int, payload: bytes) -> None:
