@@ -65,11 +65,12 @@ from bridges.webrtc.routes import routes as webrtc_routes
 from voice import __version__, api_spec
 from voice.auth import MAX_TOKEN_TTL_S, AuthError, check_browser, mint, spend
 from voice.call.agent_tools import restaurant_registry
-from voice.call.pacer import FramePacer, tune_gc
+from voice.call.pacer import FramePacer
 from voice.call.tools import ToolRegistry
 from voice.call.upstream import UpstreamOpener
 from voice.config import Settings
 from voice.errors import ConfigError, RecordError, UpstreamError, VoiceError
+from voice.gcpolicy import tune_gc
 from voice.httputil import client_host as _client_host
 from voice.httputil import error_response as _error
 from voice.httputil import operator_refusal, read_json_object
@@ -648,7 +649,7 @@ def create_app(
         await service.start()
         try:
             async with sip_lifespan(service):  # the SIP user agent (bridges/sip/service.py)
-                tune_gc()  # no long collection pauses in the middle of pacing (voice.call.pacer.tune_gc)
+                tune_gc()  # no long collection pauses in the middle of pacing (voice.gcpolicy.tune_gc)
                 yield
         finally:
             await service.stop()

@@ -4,7 +4,7 @@ Set-up: the call service (:func:`voice.server.create_app`, the real ``/ws/browse
 runners and the shared frame pacer) runs in this process on a loopback port; the local engine runs in its
 own process (``voice engine --no-asr``: recognition off) as the service's upstream; the simulated browser
 callers run in a third process (at nice 10: they stand for browsers on other machines), so their CPU is not
-counted as the service's. The service calls :func:`voice.call.pacer.tune_gc` after start-up. The machine's
+counted as the service's. The service calls :func:`voice.gcpolicy.tune_gc` after start-up. The machine's
 other load is printed with each row (load average, how often the service was preempted): figures from a
 busy shared machine are worse than the service's own.
 
@@ -426,9 +426,9 @@ async def _round(mode: str, url: str, n: int, service: Any, engine_pid: int) -> 
 async def _bench() -> None:
     import tempfile
 
-    from voice.call.pacer import tune_gc
     from voice.call.runner import warm_up
     from voice.config import Settings
+    from voice.gcpolicy import tune_gc
     from voice.logs import configure_logging
     from voice.server import create_app
     from voice.wsprotocol import StreamingWSProtocol
@@ -452,7 +452,7 @@ async def _bench() -> None:
         )
         warm_up()
         app = create_app(settings)
-        tune_gc()  # what the service should do once it has started (see voice.call.pacer.tune_gc)
+        tune_gc()  # what the service should do once it has started (see voice.gcpolicy.tune_gc)
         service = app.state.service
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, ws=StreamingWSProtocol, ws_per_message_deflate=False,

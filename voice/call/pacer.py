@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import inspect
 import time
 from collections import deque
@@ -37,26 +36,12 @@ from typing import Final
 from voice import metrics
 from voice.logs import get_logger
 
-__all__ = ["FramePacer", "TickFn", "tune_gc"]
+__all__ = ["FramePacer", "TickFn"]
 
 TickFn = Callable[[int], Awaitable[None] | None]
 """A registered call's tick: called with the tick's deadline in ms on the pacer clock."""
 
 _LATENESS_KEEP: Final = 20_000
-
-
-def tune_gc(gen0: int = 50_000, gen1: int = 20, gen2: int = 100) -> None:
-    """Make garbage collection pauses rare and short for a process that paces audio (call once, after
-    start-up and warm-up).
-
-    A full (generation 2) collection walks every tracked object; in a service process that is some 200 000
-    objects from the imported libraries alone, a 20-100 ms pause that stalls every call's pacing at once.
-    :func:`gc.freeze` moves everything alive now to a permanent generation that collections skip, and higher
-    thresholds make collections of the (smaller) rest rarer. Cycles are still collected.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(gen0, gen1, gen2)
 
 
 class FramePacer:

@@ -29,7 +29,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from voice import __version__
-from voice.call.pacer import tune_gc
 from voice.config import Settings
 from voice.engine.connection import EngineConnection
 from voice.engine.responder import make_responder
@@ -37,6 +36,7 @@ from voice.engine.services import EngineServices, LiveSession
 from voice.engine.session import EngineSession
 from voice.engine.status import render_status
 from voice.errors import ConfigError, RealtimeError
+from voice.gcpolicy import tune_gc
 from voice.logs import get_logger
 from voice.wsprotocol import StreamingWSProtocol
 
@@ -130,7 +130,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if warm_up:
             await asyncio.to_thread(engine.warm_up)
-        tune_gc()  # audio is streamed in real time: no long collection pauses (voice.call.pacer.tune_gc)
+        tune_gc()  # audio is streamed in real time: no long collection pauses (voice.gcpolicy.tune_gc)
         try:
             yield
         finally:
