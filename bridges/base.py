@@ -9,6 +9,11 @@ the way the call needs it:
   ``transfer``, ``hangup``, ``send_control`` (UI messages for legs that have a UI);
 - capabilities (:class:`LegCapabilities`).
 
+A leg may also offer the per-frame fast path (:class:`DirectLeg`): it hands inbound events straight to a
+sink as they arrive and sends a frame synchronously when nothing is in its way, so the 20 ms path of a call
+involves no queue and no task switch. The call uses it where offered and falls back to ``events`` and
+``play`` whenever the leg says so.
+
 Codec policy (DESIGN.md "Codec policy", protocols.md §A.3): a leg exchanges audio with the call in one
 :data:`AudioCodec` and the upstream Realtime session uses the same format, so phone audio passes through
 byte for byte (``audio/pcmu``, ``audio/pcma``) and browser audio is PCM16 at 24 kHz (``audio/pcm``).
@@ -19,7 +24,7 @@ Frames are 20 ms: 160 bytes for G.711 (8 kHz, one byte per sample) and 960 bytes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, TypeAlias, get_args, runtime_checkable
 
@@ -30,6 +35,8 @@ __all__ = [
     "AudioCodec",
     "CallerAudio",
     "CallerDtmf",
+    "DirectLeg",
+    "EventSink",
     "Leg",
     "LegCapabilities",
     "LegEvent",
@@ -165,6 +172,9 @@ class LegHangup:
 
 LegEvent: TypeAlias = CallerAudio | CallerDtmf | PlaybackReport | LegHold | LegHangup
 
+EventSink: TypeAlias = Callable[[LegEvent], None]
+"""Takes one inbound event synchronously (:meth:`DirectLeg.listen`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class LegCapabilities:
@@ -232,4 +242,19 @@ class Leg(Protocol):
 
     async def send_control(self, message: dict[str, Any]) -> None:
         """A JSON control message for legs with a UI (browser); a no-op elsewhere."""
+        ...
+
+
+@runtime_checkable
+class DirectLeg(Protocol):
+    """The per-frame fast path a leg may offer besides :class:`Leg` (see the module docstring)."""
+
+    def listen(self, sink: EventSink) -> None:
+        """From now on hand inbound events to ``sink`` as they arrive, where the transport allows it, in
+        order with those :meth:`Leg.events` yields (which keeps yielding the others, and the hang-up)."""
+        ...
+
+    def play_now(self, frame: bytes, item_id: str, item_ms: int) -> bool:
+        """:meth:`Leg.play` done synchronously; ``False`` (nothing sent) when that cannot be done now in
+        order (a send in progress, tones queued, back-pressure): the caller then uses :meth:`Leg.play`."""
         ...

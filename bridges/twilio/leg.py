@@ -20,6 +20,13 @@ Inbound (:meth:`TwilioLeg.events`):
 Malformed JSON, unknown events, bad base64, wrong ``streamSid``, binary frames: logged with the call id and
 dropped; the call goes on.
 
+The per-frame fast path (:class:`bridges.base.DirectLeg`), when the server offers the socket's
+:class:`voice.wsprotocol.DirectChannel`: :meth:`~TwilioLeg.listen` takes ``media``, ``mark`` and ``dtmf``
+messages as they arrive and hands the events to the call at once (anything else, and anything that arrives
+while older messages still wait, goes through :meth:`~TwilioLeg.events` as before);
+:meth:`~TwilioLeg.play_now` writes a frame's ``media`` and its ``mark`` in one socket write when no other
+send is in progress and no tones are queued.
+
 Outbound: :meth:`~TwilioLeg.play` sends one ``media`` message and a ``mark`` after it (§E.3, §C.2);
 :meth:`~TwilioLeg.clear` sends ``clear`` (Twilio drops its queue and echoes the outstanding marks);
 :meth:`~TwilioLeg.send_dtmf` plays exact Q.23 tone pairs (:func:`voice.audio.dtmf.dtmf_tones`) encoded to
@@ -53,6 +60,7 @@ from bridges.base import (
     AudioCodec,
     CallerAudio,
     CallerDtmf,
+    EventSink,
     LegCapabilities,
     LegEvent,
     LegHangup,
@@ -86,6 +94,7 @@ from voice.audio.g711 import ulaw_encode
 from voice.errors import LocalProtocolError
 from voice.logs import get_logger
 from voice.realtime.ids import new_id
+from voice.wsprotocol import direct_channel
 
 __all__ = ["CLOSE_NORMAL", "CLOSE_NO_START", "TwilioLeg"]
 
@@ -190,6 +199,8 @@ class TwilioLeg:
         self._stopped = False
         self._transferred = False
         self._hangup_reason: str | None = None
+        self._channel = direct_channel(websocket.scope)
+        self._sink: EventSink | None = None
         fmt = start.media_format
         if not fmt.is_mulaw_8k:
             self.log.error(
@@ -345,6 +356,29 @@ class TwilioLeg:
                 await _close(self.websocket, CLOSE_NORMAL, "stopped", self.log)
                 return
 
+    def listen(self, sink: EventSink) -> None:
+        """Hand ``media``, ``mark`` and ``dtmf`` events to ``sink`` as they arrive (module docstring)."""
+        if self._channel is not None:
+            self._sink = sink
+            self._channel.on_text(self._on_text)
+
+    def _on_text(self, text: str) -> bool:
+        sink = self._sink
+        if sink is None or self._closed:
+            return False
+        try:
+            parsed = parse_message(text, max_bytes=self.max_bytes)
+        except TwilioProtocolError as exc:
+            self.problems.report(self.log, exc.reason, exc.message, twilio_event=exc.event)
+            return True
+        kind = type(parsed)
+        if kind is not Media and kind is not Mark and kind is not Dtmf:
+            return False  # stop, start, connected, unknown: through events()
+        event = _HANDLERS[kind](self, parsed)
+        if event is not None:
+            sink(event)
+        return True
+
     def _end_reason(self, default: str) -> str:
         if self._transferred:
             return "transferred"
@@ -418,6 +452,23 @@ class TwilioLeg:
             self._backlog.append((bytes(frame), item_id, item_ms))
             return
         await self._send_chunk(bytes(frame), item_id, item_ms)
+
+    def play_now(self, frame: bytes, item_id: str, item_ms: int) -> bool:
+        """:meth:`play` in one socket write, now, when nothing is in its way (module docstring)."""
+        channel = self._channel
+        if (
+            channel is None
+            or self._closed
+            or self._pump is not None
+            or self._send_lock.locked()
+            or not channel.ready
+        ):
+            return False
+        if frame:
+            payload = bytes(frame)
+            name = self.marks.sent(len(payload), _now_ms(self.clock), item_id, item_ms)
+            channel.send_texts(media_message(self.stream_sid, payload), mark_message(self.stream_sid, name))
+        return True
 
     async def clear(self) -> None:
         """Barge-in: drop Twilio's queue (``clear``) and the agent frames queued behind DTMF tones."""

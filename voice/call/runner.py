@@ -51,6 +51,7 @@ from bridges.base import (
     AudioCodec,
     CallerAudio,
     CallerDtmf,
+    DirectLeg,
     Leg,
     LegEvent,
     LegHangup,
@@ -293,6 +294,8 @@ class CallRunner:
         self._session_started = 0
         self._up_q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._leg_q: asyncio.Queue[_LegOp | None] = asyncio.Queue()
+        self._leg_busy = False  # the writer task is running an operation
+        self._direct: DirectLeg | None = leg if isinstance(leg, DirectLeg) else None
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tool_names: dict[str, str] = {}
@@ -378,6 +381,8 @@ class CallRunner:
             functools.partial(self.leg.send_control, {"type": "call_start", "agent": self.profile.name})
         )
         self._spawn(self._leg_reader(), "leg-reader")
+        if self._direct is not None:
+            self._direct.listen(self._on_direct_event)
         self._spawn(self._housekeeping(), "housekeeping")
         if await self._connect_first():
             self._spawn(self._upstream_writer(), "upstream-writer")
@@ -654,26 +659,42 @@ class CallRunner:
             op = await self._leg_q.get()
             if op is None:
                 return
+            self._leg_busy = True
             try:
                 await op()
             except VoiceError as exc:
                 self.log.warning("leg.operation_failed", error=str(exc))
             except Exception:
                 self.log.exception("leg.operation_crashed")
+            finally:
+                self._leg_busy = False
 
     async def _leg_reader(self) -> None:
         async for event in self.leg.events():
             if self._ended.is_set():
                 return
             if isinstance(event, LegHangup):
-                self.log.info("leg.hangup", reason=event.reason)
-                self.transcript.system(
-                    self.now_ms(), f"caller hung up ({event.reason})", leg_reason=event.reason
-                )
-                self._request_end("transferred" if event.reason == "transferred" else "caller_hangup")
+                self._leg_hung_up(event)
                 return
             self._on_leg_event(event)
         self._request_end("caller_hangup")
+
+    def _on_direct_event(self, event: LegEvent) -> None:
+        """An inbound event handed over by the leg as it arrived (:meth:`bridges.base.DirectLeg.listen`)."""
+        if self._ended.is_set():
+            return
+        try:
+            if isinstance(event, LegHangup):
+                self._leg_hung_up(event)
+            else:
+                self._on_leg_event(event)
+        except Exception:
+            self.log.exception("leg.event_failed", leg_event=type(event).__name__)
+
+    def _leg_hung_up(self, event: LegHangup) -> None:
+        self.log.info("leg.hangup", reason=event.reason)
+        self.transcript.system(self.now_ms(), f"caller hung up ({event.reason})", leg_reason=event.reason)
+        self._request_end("transferred" if event.reason == "transferred" else "caller_hangup")
 
     def _on_leg_event(self, event: LegEvent) -> None:
         now = self.now_ms()
@@ -787,7 +808,16 @@ class CallRunner:
         (:meth:`_learn_playout_delay`).
         """
         self.frames_played += 1
-        self._leg_op(functools.partial(self.leg.play, frame, item_id, item_ms))
+        # Straight to the leg when no operation is queued or running before it (order kept) and the leg can
+        # send it now; otherwise the writer task plays it in turn.
+        direct = self._direct
+        if (
+            direct is None
+            or self._leg_busy
+            or not self._leg_q.empty()
+            or not direct.play_now(frame, item_id, item_ms)
+        ):
+            self._leg_op(functools.partial(self.leg.play, frame, item_id, item_ms))
         contiguous = now - self._sent_end_ms < _CONTIGUOUS_MS
         sent = self._sent_end_ms if contiguous else now
         self._sent_end_ms = sent + FRAME_MS
