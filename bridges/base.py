@@ -44,6 +44,7 @@ __all__ = [
     "LegHold",
     "LegKind",
     "PlaybackReport",
+    "PlayoutClock",
     "bytes_per_ms",
     "frame_bytes",
     "frame_ms",
@@ -257,4 +258,15 @@ class DirectLeg(Protocol):
     def play_now(self, frame: bytes, item_id: str, item_ms: int) -> bool:
         """:meth:`Leg.play` done synchronously; ``False`` (nothing sent) when that cannot be done now in
         order (a send in progress, tones queued, back-pressure): the caller then uses :meth:`Leg.play`."""
+        ...
+
+
+@runtime_checkable
+class PlayoutClock(Protocol):
+    """A leg whose playout clock runs between its :class:`PlaybackReport` events (Twilio interpolates
+    between mark echoes): the call asks it for the position right before it cuts the agent off, so the
+    truncation is exact even when reports are sparse."""
+
+    def heard_now(self) -> tuple[str, int] | None:
+        """``(item_id, ms heard of it)`` for the agent item playing now; ``None`` when unknown."""
         ...

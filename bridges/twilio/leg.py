@@ -27,7 +27,12 @@ while older messages still wait, goes through :meth:`~TwilioLeg.events` as befor
 :meth:`~TwilioLeg.play_now` writes a frame's ``media`` and its ``mark`` in one socket write when no other
 send is in progress and no tones are queued.
 
-Outbound: :meth:`~TwilioLeg.play` sends one ``media`` message and a ``mark`` after it (§E.3, §C.2);
+Outbound: :meth:`~TwilioLeg.play` sends one ``media`` message per frame, with a ``mark`` after every
+:data:`MARK_EVERY_FRAMES`-th frame of an item (§E.3, §C.2), after the last frame of an item when another
+item follows, and after the last frame sent when the audio stops (:data:`MARK_FLUSH_S` later). A mark costs
+a message each way, and the playout clock interpolates between echoes (:class:`~bridges.twilio.marks.
+MarkClock`), so :meth:`~TwilioLeg.heard_now` tells the call how much of the playing item the caller has
+heard at any moment, to the ms, for truncation at a barge-in;
 :meth:`~TwilioLeg.clear` sends ``clear`` (Twilio drops its queue and echoes the outstanding marks);
 :meth:`~TwilioLeg.send_dtmf` plays exact Q.23 tone pairs (:func:`voice.audio.dtmf.dtmf_tones`) encoded to
 µ-law into the stream, one 20 ms frame per 20 ms on absolute deadlines (a Media Stream has no out-of-band
@@ -96,7 +101,12 @@ from voice.logs import get_logger
 from voice.realtime.ids import new_id
 from voice.wsprotocol import direct_channel
 
-__all__ = ["CLOSE_NORMAL", "CLOSE_NO_START", "TwilioLeg"]
+__all__ = ["CLOSE_NORMAL", "CLOSE_NO_START", "MARK_EVERY_FRAMES", "MARK_FLUSH_S", "TwilioLeg"]
+
+MARK_EVERY_FRAMES: Final = 5
+"""Frames of agent audio per ``mark`` (100 ms): between echoes the playout clock interpolates."""
+MARK_FLUSH_S: Final = 0.03
+"""How long after the last frame sent, with no frame following, its pending mark goes out."""
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_NO_START: Final = 1008
@@ -201,6 +211,11 @@ class TwilioLeg:
         self._hangup_reason: str | None = None
         self._channel = direct_channel(websocket.scope)
         self._sink: EventSink | None = None
+        self._unmarked = 0  # frames sent since the last mark
+        self._last_item: str | None = None  # the item of the last frame sent
+        self._last_sent = 0.0  # clock time of the last frame sent
+        self._flush: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task[None] | None = None
         fmt = start.media_format
         if not fmt.is_mulaw_8k:
             self.log.error(
@@ -465,10 +480,13 @@ class TwilioLeg:
         ):
             return False
         if frame:
-            payload = bytes(frame)
-            name = self.marks.sent(len(payload), _now_ms(self.clock), item_id, item_ms)
-            channel.send_texts(media_message(self.stream_sid, payload), mark_message(self.stream_sid, name))
+            channel.send_texts(*self._chunk_messages(bytes(frame), item_id, item_ms))
         return True
+
+    def heard_now(self) -> tuple[str, int] | None:
+        """``(item_id, ms heard of it)`` for the agent item playing now, by the playout clock (interpolated
+        between mark echoes, never ahead of what was sent); ``None`` when no agent item is known."""
+        return self.marks.position(_now_ms(self.clock))
 
     async def clear(self) -> None:
         """Barge-in: drop Twilio's queue (``clear``) and the agent frames queued behind DTMF tones."""
@@ -476,6 +494,7 @@ class TwilioLeg:
             self._backlog.clear()
             if self._closed:
                 return
+            self._unmarked = 0
             played = self.marks.cleared(_now_ms(self.clock))
             await self._send_text(clear_message(self.stream_sid))
         self.log.info("twilio.clear", played_ms=played, cleared_marks=self.marks.awaiting_clear_echoes)
@@ -581,8 +600,57 @@ class TwilioLeg:
         async with self._send_lock:
             if self._closed:
                 return
-            name = self.marks.sent(len(payload), _now_ms(self.clock), item_id, item_ms)
-            if await self._send_text(media_message(self.stream_sid, payload)):
+            for text in self._chunk_messages(payload, item_id, item_ms):
+                if not await self._send_text(text):
+                    return
+
+    def _chunk_messages(self, payload: bytes, item_id: str | None, item_ms: int | None) -> list[str]:
+        """The messages that send one frame: a pending mark of the previous item first, the ``media``, and
+        a ``mark`` after it when it is due (DTMF tones, ``item_id`` ``None``, are marked one by one)."""
+        messages: list[str] = []
+        if item_id != self._last_item:
+            pending = self.marks.mark_last()
+            if pending is not None:
+                messages.append(mark_message(self.stream_sid, pending))
+            self._unmarked = 0
+        self._last_item = item_id
+        self._unmarked += 1
+        mark = item_id is None or self._unmarked >= MARK_EVERY_FRAMES
+        self._last_sent = now = self.clock()
+        name = self.marks.sent(len(payload), int(now * 1000), item_id, item_ms, mark=mark)
+        messages.append(media_message(self.stream_sid, payload))
+        if mark:
+            messages.append(mark_message(self.stream_sid, name))
+            self._unmarked = 0
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(MARK_FLUSH_S, self._flush_mark)
+        return messages
+
+    def _flush_mark(self) -> None:
+        """The audio stopped (or paused) after an unmarked frame: send its mark, so that the call learns
+        that the item was heard to its end; while frames keep coming, look again later."""
+        self._flush = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self.clock() - self._last_sent < MARK_FLUSH_S - 0.005:
+            self._flush = loop.call_later(MARK_FLUSH_S, self._flush_mark)
+            return
+        channel = self._channel
+        if channel is None or self._send_lock.locked() or self._pump is not None or not channel.ready:
+            if self._flush_task is None or self._flush_task.done():
+                self._flush_task = loop.create_task(self._send_pending_mark())
+            return
+        name = self.marks.mark_last()
+        if name is not None:
+            self._unmarked = 0
+            channel.send_texts(mark_message(self.stream_sid, name))
+
+    async def _send_pending_mark(self) -> None:
+        async with self._send_lock:
+            name = None if self._closed else self.marks.mark_last()
+            if name is not None:
+                self._unmarked = 0
                 await self._send_text(mark_message(self.stream_sid, name))
 
     async def _send_text(self, text: str) -> bool:

@@ -3,19 +3,23 @@
 Twilio queues the agent audio we send and plays it at real-time speed; we cannot see that queue, but a
 ``mark`` sent after a chunk of audio is echoed once everything queued before it has played (§E.2). So:
 
-- every chunk sent gets a mark (:meth:`MarkClock.sent` returns its name), and the clock remembers the chunk's
-  length, its end position on the stream's playback timeline and, when it is agent audio, the item and the
-  position in the item at its end (``item_ms``, as :meth:`bridges.base.Leg.play` gives it);
+- every chunk sent is recorded (:meth:`MarkClock.sent` returns its name): its length, its end position on the
+  stream's playback timeline and, when it is agent audio, the item and the position in the item at its end
+  (``item_ms``, as :meth:`bridges.base.Leg.play` gives it). A chunk may go without a mark of its own
+  (``mark=False``): marks cost a message each way, so the leg marks every few frames, and the newest
+  unmarked chunk can get its mark later (:meth:`MarkClock.mark_last`, before audio of another item or when
+  the audio stops);
 - an echo (:meth:`MarkClock.echoed`) means the stream has played through that chunk: the *acknowledged*
-  position moves to the chunk's end (earlier marks still outstanding are acknowledged with it: Twilio
-  echoes in order);
+  position moves to the chunk's end (earlier chunks still outstanding, marked or not, are acknowledged with
+  it: Twilio echoes in order);
 - between echoes the audio keeps playing, so the played position is (§C.2) the acknowledged position plus the
   time elapsed since, **capped at what was sent**. The elapsed time counts from the later of the last echo and
   the moment the next chunk was sent, because audio cannot play before it was sent (after an underrun
   Twilio's queue was empty);
 - :meth:`MarkClock.cleared` (we sent ``clear``): Twilio drops its queue and echoes the outstanding marks at
   once (§E.3). The played position freezes at its value at the clear, those marks' echoes are reported as
-  *not played* (``MarkEcho.played`` is ``False``) and the stream timeline continues from there.
+  *not played* (``MarkEcho.played`` is ``False``) and the stream timeline continues from there. Unmarked
+  chunks dropped by the clear are forgotten (no echo will come for them).
 
 A mark echoed by Twilio just before it processed our ``clear`` is counted as cleared: the clock then
 under-reports by at most one chunk, which keeps truncation on the safe side (never more than was heard, §C.1).
@@ -26,7 +30,7 @@ Positions are in ms of audio (µ-law: 8 bytes per ms). Times (``now_ms``) are an
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 __all__ = ["MarkClock", "MarkEcho", "SentChunk"]
@@ -50,6 +54,7 @@ class SentChunk:
     item_start_ms: int
     item_ms: int
     sent_at_ms: int
+    marked: bool = True
 
     @property
     def duration_ms(self) -> int:
@@ -88,8 +93,17 @@ class MarkClock:
 
     # Inputs ------------------------------------------------------------------------------------------------
 
-    def sent(self, nbytes: int, now_ms: int, item_id: str | None = None, item_ms: int | None = None) -> str:
-        """Record a chunk of ``nbytes`` just sent; returns the name of the mark to send right after it.
+    def sent(
+        self,
+        nbytes: int,
+        now_ms: int,
+        item_id: str | None = None,
+        item_ms: int | None = None,
+        *,
+        mark: bool = True,
+    ) -> str:
+        """Record a chunk of ``nbytes`` just sent; returns its name, the mark to send right after it (with
+        ``mark=False`` none is sent for now: see :meth:`mark_last`).
 
         ``item_id``/``item_ms``: the agent item and the position in it at the end of the chunk (``item_ms``
         defaults to the previous position of the item plus the chunk's length).
@@ -117,7 +131,20 @@ class MarkClock:
             item_start_ms=item_start,
             item_ms=end_item,
             sent_at_ms=now_ms,
+            marked=mark,
         )
+        return name
+
+    def mark_last(self) -> str | None:
+        """The name of the newest chunk if it has no mark yet, now counted as marked (send the mark right
+        away, before any other audio); ``None`` when it has one or nothing is outstanding."""
+        if not self._outstanding:
+            return None
+        name = next(reversed(self._outstanding))
+        chunk = self._outstanding[name]
+        if chunk.marked:
+            return None
+        self._outstanding[name] = replace(chunk, marked=True)
         return name
 
     def echoed(self, name: str, now_ms: int) -> MarkEcho | None:
@@ -140,7 +167,7 @@ class MarkClock:
         """We sent ``clear``: freeze the played position (returned) and expect the outstanding echoes."""
         played = self.played_ms(now_ms)
         position = self._position_at(played)
-        self._cleared.update(self._outstanding)
+        self._cleared.update((name, chunk) for name, chunk in self._outstanding.items() if chunk.marked)
         self._outstanding.clear()
         self._sent_ms = played
         self._acked_ms = played
@@ -166,7 +193,7 @@ class MarkClock:
     @property
     def outstanding(self) -> int:
         """Marks sent and not echoed yet."""
-        return len(self._outstanding)
+        return sum(1 for chunk in self._outstanding.values() if chunk.marked)
 
     @property
     def awaiting_clear_echoes(self) -> int:

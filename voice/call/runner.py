@@ -57,6 +57,7 @@ from bridges.base import (
     LegHangup,
     LegHold,
     PlaybackReport,
+    PlayoutClock,
     bytes_per_ms,
     frame_bytes,
     sample_rate,
@@ -296,6 +297,7 @@ class CallRunner:
         self._leg_q: asyncio.Queue[_LegOp | None] = asyncio.Queue()
         self._leg_busy = False  # the writer task is running an operation
         self._direct: DirectLeg | None = leg if isinstance(leg, DirectLeg) else None
+        self._clock: PlayoutClock | None = leg if isinstance(leg, PlayoutClock) else None
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tool_names: dict[str, str] = {}
@@ -547,7 +549,10 @@ class CallRunner:
                 continue
             if conn is not self._upstream:
                 continue  # a late event of the session we left
-            self._apply(self.core.upstream_event(event, self.now_ms()))
+            now = self.now_ms()
+            if getattr(event, "type", None) == "input_audio_buffer.speech_started":
+                self._refresh_heard(now)  # a barge-in may truncate: with what was heard until now
+            self._apply(self.core.upstream_event(event, now))
 
     async def _reconnect(self, exc: UpstreamClosedError) -> bool:
         """The upstream dropped: reopen with backoff and restore; apologize and end if that fails."""
@@ -702,6 +707,7 @@ class CallRunner:
             self._record_caller(event, now)
             self._apply(self.core.caller_audio(event.audio, now))
         elif isinstance(event, CallerDtmf):
+            self._refresh_heard(now)  # a key may barge in
             self._apply(self.core.caller_dtmf(event.digit, now))
         elif isinstance(event, PlaybackReport):
             self._learn_playout_delay(event.item_id, event.played_ms, now)
@@ -711,6 +717,14 @@ class CallRunner:
             note = "the caller put the call on hold" if event.held else "the call resumed"
             self.transcript.system(now, note)
             self._apply(self.core.hold(event.held, now))
+
+    def _refresh_heard(self, now: int) -> None:
+        """Tell the core how much of the playing item the caller has heard right now, from the leg's own
+        playout clock, when it runs between reports (:class:`bridges.base.PlayoutClock`)."""
+        clock = self._clock
+        position = clock.heard_now() if clock is not None else None
+        if position is not None:
+            self._apply(self.core.playback_report(position[0], position[1], now))
 
     def _record_caller(self, event: CallerAudio, now: int) -> None:
         """Caller audio on the left channel, placed by the caller's media clock.

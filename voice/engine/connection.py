@@ -14,6 +14,10 @@ start tasks:
   is on the wire while the next is being synthesized: faster than real time);
 - :class:`~voice.engine.effects.Cancel` cancels a response's tasks.
 
+Client messages arrive through the socket's :class:`voice.wsprotocol.DirectChannel` when the server offers
+it: each is handled as it is read, with no queue or task switch in between (``input_audio_buffer.append``
+comes fifty times a second per session); otherwise through ASGI ``receive``.
+
 Nothing a client sends can end the session: a bad message becomes an ``error`` event, and an unexpected
 exception while handling one is logged and reported as a ``server_error``. A client that disconnects
 mid-response just stops the session's tasks.
@@ -37,6 +41,7 @@ from voice.engine.session import EngineSession
 from voice.errors import RealtimeError, SpeechError
 from voice.logs import get_logger
 from voice.realtime.events import parse_client_event
+from voice.wsprotocol import direct_channel
 
 __all__ = ["EngineConnection"]
 
@@ -71,10 +76,15 @@ class EngineConnection:
         """Serve the session until the client disconnects."""
         self.apply(self.session.start())
         writer = asyncio.create_task(self._write(), name=f"{self.session.id}-writer")
+        channel = direct_channel(self._ws.scope)
+        if channel is not None:
+            channel.on_text(self._on_direct)
         try:
             await self._read()
         finally:
             self._closed = True
+            if channel is not None:
+                channel.on_text(None)
             writer.cancel()
             pending = [t for tasks in self._tasks.values() for t in tasks]
             for task in pending:
@@ -109,6 +119,12 @@ class EngineConnection:
                 return
 
     # -- input ----------------------------------------------------------------------------------------------
+
+    def _on_direct(self, raw: str) -> bool:
+        if self._closed:
+            return False
+        self._on_message(raw)
+        return True
 
     def _on_message(self, raw: str | bytes) -> None:
         try:

@@ -26,7 +26,7 @@ from websockets.exceptions import InvalidStatus
 
 from bridges.base import CallerAudio, CallerDtmf, Leg, LegEvent, LegHangup, PlaybackReport
 from bridges.twilio.errors import InvalidTransferTarget, StreamStartError
-from bridges.twilio.leg import TwilioLeg
+from bridges.twilio.leg import MARK_EVERY_FRAMES, TwilioLeg
 from bridges.twilio.protocol import Connected, encode_message
 from bridges.twilio.rest import TwilioRest
 from bridges.twilio.settings import STREAM_PATH, TwilioSettings
@@ -36,6 +36,7 @@ from tests.bridges.twilio.simulator import SimulatedTwilioCall
 from voice.audio.dtmf import DtmfDetector
 from voice.audio.g711 import ulaw_decode, ulaw_encode
 from voice.errors import LocalProtocolError
+from voice.wsprotocol import StreamingWSProtocol
 
 TOKEN = "leg-test-auth-token"
 PUBLIC = "https://voice.example.com"
@@ -93,6 +94,20 @@ class Harness:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
+    """The service side on uvicorn's default WebSocket protocol (no direct channel: the ASGI path)."""
+    async with _serve("auto") as h:
+        yield h
+
+
+@pytest.fixture
+async def direct_harness() -> AsyncIterator[Harness]:
+    """The service side on the service's own protocol, which offers the direct channel."""
+    async with _serve(StreamingWSProtocol) as h:
+        yield h
+
+
+@contextlib.asynccontextmanager
+async def _serve(ws: Any) -> AsyncIterator[Harness]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -101,8 +116,9 @@ async def harness() -> AsyncIterator[Harness]:
     h = Harness(url=f"ws://127.0.0.1:{port}{STREAM_PATH}", settings=settings)
     app = Starlette(routes=[WebSocketRoute(STREAM_PATH, h.endpoint)])
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=2
-    )
+        app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=2, ws=ws,
+        ws_per_message_deflate=False,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(10):
@@ -343,22 +359,61 @@ async def test_bad_messages_are_logged_with_the_call_id_and_the_call_goes_on(har
 # Outbound: play, marks, clear ----------------------------------------------------------------------------
 
 
-async def test_play_sends_media_and_a_mark_and_reports_playback_in_real_time(harness: Harness) -> None:
+async def test_play_sends_media_with_a_mark_every_few_frames_and_reports_playback_in_real_time(
+    harness: Harness,
+) -> None:
+    assert MARK_EVERY_FRAMES == 5
     sim, leg = await harness.call(continuous_media=False)
     collector = harness.collect(leg)
-    frames = distinct_frames(25)
+    frames = distinct_frames(23)
     first = await pace(leg, frames, "item_a")
-    await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 25)
+    # Marks after frames 5, 10, 15, 20 and, once the audio has stopped, after the last one (23).
+    await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 5)
     assert sim.heard_audio() == b"".join(frames)
     assert sim.protocol_errors == []
-    assert len(sim.marks_received) == 25 and len(sim.media_received) == 25
+    assert len(sim.marks_received) == 5 and len(sim.media_received) == 23
     reports = collector.timed(PlaybackReport)
-    assert [r.played_ms for _, r in reports] == [20 * (k + 1) for k in range(25)]
+    assert [r.played_ms for _, r in reports] == [100, 200, 300, 400, 460]
     assert {r.item_id for _, r in reports} == {"item_a"}
     for t, report in reports:  # nothing is reported before it can have been heard
         assert t >= first + report.played_ms / 1000 - 0.005
-    assert reports[-1][0] - first < 0.5 + 0.25
-    assert leg.marks.outstanding == 0 and leg.marks.sent_ms == 500
+    assert reports[-1][0] - first < 0.46 + 0.25
+    assert leg.marks.outstanding == 0 and leg.marks.sent_ms == 460
+    assert leg.heard_now() == ("item_a", 460)
+
+
+async def test_heard_now_interpolates_between_marks_and_never_runs_ahead(harness: Harness) -> None:
+    sim, leg = await harness.call(continuous_media=False)
+    harness.collect(leg)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time()
+    samples: list[tuple[int, int]] = []
+    for k, frame in enumerate(distinct_frames(40)):
+        await leg.play(frame, "item_a", 20 * (k + 1))
+        heard = leg.heard_now()
+        if heard is not None and k > 10:
+            samples.append((heard[1], sim.heard_ms()))
+        deadline += 0.020
+        await asyncio.sleep(max(0.0, deadline - loop.time()))
+    assert len(samples) >= 25
+    for ours, played in samples:
+        # Never more than the caller can have heard (the simulator counts a frame once it has played it
+        # through, so it is up to a frame behind, plus its own timer's lateness), nor far behind it.
+        assert ours <= played + 30
+        assert ours >= played - 60
+    await sim.close()
+
+
+async def test_audio_of_another_item_first_marks_the_end_of_the_previous_one(harness: Harness) -> None:
+    sim, leg = await harness.call(continuous_media=False)
+    collector = harness.collect(leg)
+    await pace(leg, distinct_frames(3), "item_a")
+    await pace(leg, distinct_frames(2, seed=3), "item_b")
+    await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 2)
+    reports = collector.of(PlaybackReport)
+    assert [(r.item_id, r.played_ms) for r in reports] == [("item_a", 60), ("item_b", 40)]
+    assert sim.protocol_errors == []
+    await sim.close()
 
 
 async def test_burst_of_audio_plays_at_real_time_speed(harness: Harness) -> None:
@@ -369,7 +424,7 @@ async def test_burst_of_audio_plays_at_real_time_speed(harness: Harness) -> None
     for k, frame in enumerate(distinct_frames(20)):
         await leg.play(frame, "item_a", 20 * (k + 1))  # all at once: Twilio queues it
     assert leg.marks.remaining_ms(int(loop.time() * 1000)) > 300
-    await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 20)
+    await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 20 // MARK_EVERY_FRAMES)
     assert loop.time() - start >= 0.39
     await sim.close()
 
@@ -383,28 +438,23 @@ async def test_clear_drops_queued_audio_and_flushed_marks_report_nothing(harness
     await asyncio.sleep(0.3)
     await leg.clear()
     await sim.wait_for(lambda: len(sim.clears) == 1)
-    await sim.wait_for(lambda: len(sim.marks_echoed) == 50)
+    await sim.wait_for(lambda: len(sim.marks_echoed) == 50 // MARK_EVERY_FRAMES)
     await asyncio.sleep(0.1)
     heard_ms = sim.heard_ms()
     assert 200 <= heard_ms <= 400
     assert sim.heard_audio() == b"".join(frames)[: heard_ms * 8]
     cleared = [m for m in sim.marks_echoed if m.cleared]
-    assert len(cleared) == 50 - heard_ms // 20
+    assert len(cleared) == 10 - heard_ms // 100
+    assert leg.marks.awaiting_clear_echoes == 0  # unmarked frames were not waited for
     reports = collector.of(PlaybackReport)
     assert reports and max(r.played_ms for r in reports) <= heard_ms
     assert abs(leg.marks.sent_ms - heard_ms) <= 60  # the clock froze where the caller stopped hearing
-    # The stream goes on: a new item plays and reports from 20 ms.
-    await pace(leg, distinct_frames(5, seed=9), "item_b")
+    # The stream goes on: a new item plays and reports from its start.
+    await pace(leg, distinct_frames(7, seed=9), "item_b")
     await collector.wait_for(
-        lambda: any(r.item_id == "item_b" and r.played_ms == 100 for r in collector.of(PlaybackReport))
+        lambda: any(r.item_id == "item_b" and r.played_ms == 140 for r in collector.of(PlaybackReport))
     )
-    assert [r.played_ms for r in collector.of(PlaybackReport) if r.item_id == "item_b"] == [
-        20,
-        40,
-        60,
-        80,
-        100,
-    ]
+    assert [r.played_ms for r in collector.of(PlaybackReport) if r.item_id == "item_b"] == [100, 140]
     assert sim.protocol_errors == []
     await sim.close()
 
@@ -435,8 +485,9 @@ async def test_send_dtmf_plays_exact_tone_pairs_paced_with_agent_frames(harness:
     heard = sim.heard_audio()
     assert detect(heard[: tone_frames * 160]) == "159#"
     assert heard[tone_frames * 160 :] == b"".join(agent)
-    await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 10)
-    assert [r.played_ms for r in collector.of(PlaybackReport)] == [20 * (k + 1) for k in range(10)]
+    await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 2)
+    assert [r.played_ms for r in collector.of(PlaybackReport)] == [100, 200]
+    assert len(sim.marks_received) == tone_frames + 2  # each tone frame is marked
     assert sim.protocol_errors == []
     await sim.close()
 
@@ -526,4 +577,56 @@ async def test_send_control_is_a_no_op(harness: Harness) -> None:
     await leg.send_control({"type": "transcript", "delta": "hi"})
     await asyncio.sleep(0.05)
     assert sim.media_received == [] and sim.protocol_errors == []
+    await sim.close()
+
+
+# The direct path (the service's own WebSocket protocol) -----------------------------------------------------
+
+
+async def test_direct_path_hands_events_over_as_they_arrive_and_hangup_still_comes_through_events(
+    direct_harness: Harness,
+) -> None:
+    sim, leg = await direct_harness.call(continuous_media=False)
+    collector = direct_harness.collect(leg)
+    direct: list[tuple[float, LegEvent]] = []
+    loop = asyncio.get_running_loop()
+    leg.listen(lambda event: direct.append((loop.time(), event)))
+    for k in range(5):
+        await sim.send_media(bytes([k]) * 160)
+    await sim.press("7")
+    await sim.send_raw("{not json")  # dropped and counted, from the direct path too
+    for k, frame in enumerate(distinct_frames(MARK_EVERY_FRAMES)):
+        assert leg.play_now(frame, "item_a", 20 * (k + 1))
+    await sim.wait_for(lambda: len(sim.marks_echoed) == 1)
+    await asyncio.sleep(0.05)
+    kinds = [type(event) for _, event in direct]
+    assert kinds.count(CallerAudio) == 5 and kinds.count(CallerDtmf) == 1
+    audio = [event.audio for _, event in direct if isinstance(event, CallerAudio)]
+    assert audio == [bytes([k]) * 160 for k in range(5)]
+    assert [e for _, e in direct if isinstance(e, PlaybackReport)] == [PlaybackReport("item_a", 100)]
+    assert len(sim.media_received) == MARK_EVERY_FRAMES and len(sim.marks_received) == 1
+    assert sim.heard_audio() == b"".join(distinct_frames(MARK_EVERY_FRAMES))
+    assert leg.problems.by_reason.get("malformed_json") == 1
+    assert collector.events == []  # nothing went the slow way
+    await sim.stop()
+    await collector.wait_for(lambda: bool(collector.of(LegHangup)))
+    assert collector.of(LegHangup) == [LegHangup("caller_hangup")]
+    assert not leg.play_now(distinct_frames(1)[0], "item_a", 120)  # closed: the caller must use play()
+
+
+async def test_play_now_declines_while_tones_are_queued_and_order_is_kept(direct_harness: Harness) -> None:
+    sim, leg = await direct_harness.call(continuous_media=False)
+    direct_harness.collect(leg)
+    await leg.send_dtmf("5")
+    frames = distinct_frames(3, seed=4)
+    for k, frame in enumerate(frames):
+        if not leg.play_now(frame, "item_a", 20 * (k + 1)):
+            await leg.play(frame, "item_a", 20 * (k + 1))  # the call's fallback
+    await leg.wait_dtmf_sent()
+    await sim.wait_idle()
+    tone_frames = (100 + 60) // 20
+    heard = sim.heard_audio()
+    assert detect(heard[: tone_frames * 160]) == "5"
+    assert heard[tone_frames * 160 :] == b"".join(frames)  # the agent's frames after the tones, in order
+    assert sim.protocol_errors == []
     await sim.close()

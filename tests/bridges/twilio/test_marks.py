@@ -162,3 +162,37 @@ def test_played_stays_between_acknowledged_and_sent(ops: list[tuple[str, int, in
         played = clock.played_ms(now)
         assert clock.acked_ms <= played <= clock.sent_ms
         assert clock.played_ms(now + 1_000_000) == clock.sent_ms  # given time, everything sent plays
+
+
+def test_unmarked_chunks_are_acknowledged_by_a_later_mark_and_interpolated() -> None:
+    clock = MarkClock()
+    names = [clock.sent(FRAME, 1000 + 20 * k, "item_a", 20 * (k + 1), mark=k == 4) for k in range(7)]
+    assert clock.outstanding == 1  # only the fifth frame's mark went out
+    echo = clock.echoed(names[4], 1110)
+    assert echo == MarkEcho(names[4], "item_a", 100, played=True, position_ms=100)
+    assert clock.outstanding == 0
+    # Frames 6 and 7 are unmarked: the clock runs on from the echo, capped at what was sent.
+    assert clock.position(1130) == ("item_a", 120)
+    assert clock.position(1500) == ("item_a", 140)
+
+
+def test_mark_last_marks_the_newest_chunk_once() -> None:
+    clock = MarkClock()
+    assert clock.mark_last() is None  # nothing sent
+    clock.sent(FRAME, 0, "item_a", 20, mark=False)
+    last = clock.sent(FRAME, 0, "item_a", 40, mark=False)
+    assert clock.mark_last() == last
+    assert clock.mark_last() is None  # already marked
+    assert clock.outstanding == 1
+    echo = clock.echoed(last, 60)
+    assert echo is not None and echo.item_ms == 40 and clock.outstanding == 0
+
+
+def test_clear_waits_only_for_the_marks_that_were_sent() -> None:
+    clock = MarkClock()
+    names = [clock.sent(FRAME, 0, "item_a", 20 * (k + 1), mark=k % 5 == 4) for k in range(12)]
+    clock.cleared(30)
+    assert clock.awaiting_clear_echoes == 2  # frames 5 and 10 carried marks; the rest go unwaited for
+    assert clock.echoed(names[4], 31) == MarkEcho(names[4], "item_a", 100, played=False, position_ms=30)
+    assert clock.echoed(names[9], 31) is not None and clock.awaiting_clear_echoes == 0
+    assert clock.echoed(names[11], 31) is None  # never marked, never expected
