@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     """Admission control: the next caller past this many live calls gets a clear busy answer."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM: refuse new calls, let live ones finish up to this long, then end them politely."""
+    upstream_append_ms: int = Field(40, ge=20, le=200, multiple_of=20)
+    """Caller audio per ``input_audio_buffer.append`` (whole 20 ms frames). 20 sends each frame as it comes
+    (the least delay); 40, the default, halves the messages to the model (and the service's and the
+    model's per-message work) for at most 20 ms more before the model hears a frame."""
     budget_usd: Decimal | None = None
     """Optional per-call budget: the model is warned at 80 %, the call ends at 100 %."""
 

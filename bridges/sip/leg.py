@@ -17,6 +17,10 @@
 - :meth:`SipLeg.transfer` sends REFER (RFC 3515) and waits for the NOTIFY that reports the outcome;
   :meth:`SipLeg.hangup` sends BYE (RFC 3261 §15) and closes the media; a BYE from the caller ends
   :meth:`SipLeg.events` with a :class:`~bridges.base.LegHangup`.
+- The per-frame fast path (:class:`bridges.base.DirectLeg`): once the call has called
+  :meth:`~SipLeg.listen`, caller audio and DTMF go straight to it from the RTP clock while no earlier event
+  waits in :meth:`SipLeg.events` (which keeps the rest: hold, hang-up); :meth:`~SipLeg.play_now` sends the
+  RTP packet at once.
 - Metadata for the agent: caller id (From), callee (To), display name, the SIP Call-ID, the peer's address
   and the chosen INVITE headers (``SipSettings.metadata_headers`` and every ``X-`` header).
 """
@@ -28,7 +32,16 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Final
 
-from bridges.base import AudioCodec, CallerDtmf, LegCapabilities, LegEvent, LegHangup, LegHold, LegKind
+from bridges.base import (
+    AudioCodec,
+    CallerDtmf,
+    EventSink,
+    LegCapabilities,
+    LegEvent,
+    LegHangup,
+    LegHold,
+    LegKind,
+)
 from bridges.sip.message import SipParseError, SipRequest, SipUri
 from bridges.sip.sdp import NegotiatedMedia
 from bridges.sip.ua import SipCall
@@ -81,6 +94,7 @@ class SipLeg:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.log = get_logger(call_id=self.call_id, component="sip_leg")
         self._events: asyncio.Queue[LegEvent] = asyncio.Queue()
+        self._sink: EventSink | None = None
         self._ended = False
         self._held = False
         self._notify: asyncio.Queue[int] = asyncio.Queue()
@@ -98,13 +112,24 @@ class SipLeg:
 
     def start(self) -> None:
         """Start the media clock (caller audio and DTMF flow into :meth:`events`)."""
-        self.call.rtp.start(self._events.put_nowait)
+        self.call.rtp.start(self._emit)
         media = self.call.media
         if media is not None and not media.sends:  # answered on hold (an offer with sendonly/inactive)
             self._held = True
             self._events.put_nowait(LegHold(True))
 
     # -- inbound -------------------------------------------------------------------------------------
+
+    def listen(self, sink: EventSink) -> None:
+        """Hand caller audio and DTMF to ``sink`` as they come (see the module docstring)."""
+        self._sink = sink
+
+    def _emit(self, event: LegEvent) -> None:
+        sink = self._sink
+        if sink is not None and self._events.empty() and not isinstance(event, LegHangup | LegHold):
+            sink(event)
+        else:
+            self._events.put_nowait(event)
 
     async def events(self) -> AsyncIterator[LegEvent]:
         while True:
@@ -119,7 +144,7 @@ class SipLeg:
             self._events.put_nowait(LegHangup(reason))
 
     def _on_info_dtmf(self, digit: str) -> None:
-        self._events.put_nowait(CallerDtmf(digit, self.call.rtp.media_ms))
+        self._emit(CallerDtmf(digit, self.call.rtp.media_ms))
 
     def _on_media(self, media: NegotiatedMedia) -> None:
         self.log.info("sip.media_changed", direction=media.direction, codec=media.codec.name)
@@ -133,6 +158,10 @@ class SipLeg:
 
     async def play(self, frame: bytes, item_id: str, item_ms: int) -> None:
         self.call.rtp.send_audio(frame)
+
+    def play_now(self, frame: bytes, item_id: str, item_ms: int) -> bool:
+        self.call.rtp.send_audio(frame)
+        return True
 
     async def clear(self) -> None:
         self.call.rtp.sender.start_talkspurt()

@@ -834,3 +834,24 @@ def test_hold_stops_playout_and_a_barge_in_after_it_truncates_at_what_was_heard(
     assert truncate["item_id"] == "item_a" and truncate["audio_end_ms"] == 600
     metrics = [a.name for a in sim.all(Metric)]
     assert metrics.count("call.held") == 1 and metrics.count("call.resumed") == 1
+
+
+def test_caller_audio_is_gathered_into_appends_of_append_ms_and_a_key_sends_what_is_gathered() -> None:
+    sim = Sim(append_ms=60)
+    frames = [bytes([k]) * 160 for k in range(7)]
+    for k, frame in enumerate(frames):
+        sim._keep(sim.core.caller_audio(frame, 20 * k))
+    appends = [base64.b64decode(e["audio"]) for e in sim.upstream("input_audio_buffer.append")]
+    assert appends == [b"".join(frames[0:3]), b"".join(frames[3:6])]  # 60 ms each; frame 7 waits
+    sim.dtmf("5")
+    appends = [base64.b64decode(e["audio"]) for e in sim.upstream("input_audio_buffer.append")]
+    assert appends[-1] == frames[6]  # the key's item comes after the audio before it
+    sent = [a.event["type"] for a in sim.all(SendUpstream)]
+    assert sent.index("input_audio_buffer.append", 2) < sent.index("conversation.item.create")
+
+
+def test_appends_of_one_frame_each_by_default() -> None:
+    sim = Sim()
+    for k in range(3):
+        sim._keep(sim.core.caller_audio(bytes([k]) * 160, 20 * k))
+    assert len(sim.upstream("input_audio_buffer.append")) == 3

@@ -187,7 +187,9 @@ async def test_g711_leg_passes_through_without_transcoding(
         runner = make_runner(leg, profile, settings, store, pacer)
         task = asyncio.create_task(runner.run())
         await until(lambda: len(leg.frames()) >= 10)
-        leg.inbox.put_nowait(CallerAudio(tone(20, codec), 0))
+        caller = tone(40, codec)
+        leg.inbox.put_nowait(CallerAudio(caller[:160], 0))
+        leg.inbox.put_nowait(CallerAudio(caller[160:], 20))
         await until(lambda: up.events("input_audio_buffer.append"))
         leg.inbox.put_nowait(LegHangup("bye"))
         assert await asyncio.wait_for(task, 5) == "caller_hangup"
@@ -200,7 +202,9 @@ async def test_g711_leg_passes_through_without_transcoding(
     assert b"".join(f.frame for f in leg.frames()) == tone(200, codec)  # byte for byte
     import base64
 
-    assert base64.b64decode(up.events("input_audio_buffer.append")[0]["audio"]) == tone(20, codec)
+    # Two frames in one append (settings.upstream_append_ms, 40 by default), byte for byte.
+    assert settings.upstream_append_ms == 40
+    assert base64.b64decode(up.events("input_audio_buffer.append")[0]["audio"]) == caller
     call = store.get_call("call_ulaw")
     assert call is not None
     _, rate = read_stereo(Path(call["recording_path"]))

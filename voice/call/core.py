@@ -62,7 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bridges.base import AudioCodec, is_dtmf_digit, upstream_format
+from bridges.base import AudioCodec, bytes_per_ms, is_dtmf_digit, upstream_format
 from voice.call import tool_calls
 from voice.call.actions import (
     INTERNAL_ERROR_METRIC,
@@ -134,7 +134,8 @@ class CallCore:
     ``reports_playback``: the leg sends :class:`bridges.base.PlaybackReport` (heard = its report, capped at
     what was sent; otherwise heard = sent). ``upstream_interrupts``: the upstream cancels the response by
     itself on ``speech_started``; ``None`` derives it from the profile (turn detection enabled and
-    ``interrupt_response``). ``forward_audio``: emit ``input_audio_buffer.append`` for caller audio.
+    ``interrupt_response``). ``forward_audio``: emit ``input_audio_buffer.append`` for caller audio,
+    ``append_ms`` of it per append (frames are gathered; a DTMF key sends what was gathered first).
     ``can_transfer`` / ``default_transfer_target``: what ``transfer_call`` may do.
     """
 
@@ -148,6 +149,7 @@ class CallCore:
         upstream_interrupts: bool | None = None,
         barge_in_window_ms: int = 600,
         forward_audio: bool = True,
+        append_ms: int = 20,
         can_transfer: bool = True,
         default_transfer_target: str | None = None,
         min_speech_ms: int = 60,
@@ -169,6 +171,8 @@ class CallCore:
         )
         self.auto_create = td.enabled and td.create_response
         self.forward_audio = forward_audio
+        self._append_bytes = max(1, append_ms) * bytes_per_ms(codec)
+        self._unsent = bytearray()  # caller audio gathered for the next input_audio_buffer.append
         self.can_transfer = can_transfer
         self.default_transfer_target = default_transfer_target
         self.auto_response_grace_ms = auto_response_grace_ms
@@ -304,7 +308,14 @@ class CallCore:
     def _caller_audio(self, audio: bytes, now_ms: int) -> list[Action]:
         actions: list[Action] = []
         if self.forward_audio and audio:
-            actions.append(SendUpstream(input_audio_append(bytes(audio))))
+            unsent = self._unsent
+            if not unsent and len(audio) >= self._append_bytes:
+                actions.append(SendUpstream(input_audio_append(bytes(audio))))
+            else:
+                unsent += audio
+                if len(unsent) >= self._append_bytes:
+                    actions.append(SendUpstream(input_audio_append(bytes(unsent))))
+                    unsent.clear()
         if not (self.playout.has_audio_to_play or self.playout.paused):
             # Local VAD only decides barge-in, which needs agent audio to interrupt: skip its cost while
             # the agent is silent (most of a caller's talk time) and start a fresh voiced run later.
@@ -320,13 +331,21 @@ class CallCore:
     def _dtmf_key(self, digit: str, now_ms: int, source: str = "leg") -> list[Action]:
         if not isinstance(digit, str) or not is_dtmf_digit(digit):
             return [Metric("dtmf.invalid_digit")]
-        actions: list[Action] = []
+        actions: list[Action] = self._send_unsent()  # the audio before the key goes first
         if self.profile.dtmf.barge_in and (self.playout.speaking or self.window.active):
             actions += self._barge_in(now_ms, cause="dtmf")
         actions.append(Control({"type": "dtmf", "digit": digit, "source": source}))
         for forward in self.dtmf.press(digit, now_ms):
             actions += self._forward_dtmf(forward, now_ms)
         return actions
+
+    def _send_unsent(self) -> list[Action]:
+        """The caller audio gathered for the next append, sent now (before an input that follows it)."""
+        if not self._unsent:
+            return []
+        audio = bytes(self._unsent)
+        self._unsent.clear()
+        return [SendUpstream(input_audio_append(audio))]
 
     def _forward_dtmf(self, forward: DtmfForward, now_ms: int) -> list[Action]:
         actions: list[Action] = [

@@ -280,7 +280,7 @@ class CallRunner:
             reports_playback=caps.reports_playback,
             can_transfer=caps.can_transfer,
             default_transfer_target=default_transfer_target,
-            **dict(core_options or {}),
+            **{"append_ms": self.settings.upstream_append_ms, **dict(core_options or {})},
         )
         self.transcript = Transcript(self.call_id, sink=self._persist_event)
         self.meter: CostMeter | None = None

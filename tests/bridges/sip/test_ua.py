@@ -36,8 +36,9 @@ def tone_ulaw(ms: int, hz: float = 440.0) -> bytes:
 class FakeApp:
     """Admits (or refuses) calls; runs each answered call's leg, collecting events, playing a tone."""
 
-    def __init__(self, refuse: int | None = None) -> None:
+    def __init__(self, refuse: int | None = None, *, direct: bool = False) -> None:
         self.refuse = refuse
+        self.direct = direct  # take events through listen() and play with play_now(), as the call does
         self.admitted: list[SipCall] = []
         self.abandoned_calls: list[SipCall] = []
         self.legs: list[SipLeg] = []
@@ -55,6 +56,8 @@ class FakeApp:
         self.legs.append(leg)
         self.events[call.call_id] = []
         self.done[call.call_id] = asyncio.Event()
+        if self.direct:
+            leg.listen(self.events[call.call_id].append)
         leg.start()
         task = asyncio.create_task(self._run(leg))
         self._tasks.add(task)
@@ -72,7 +75,8 @@ class FakeApp:
             n = 0
             while True:
                 frame = tone[(n * 160) % len(tone) :][:160]
-                await leg.play(frame, "item_1", n * 20)
+                if not (self.direct and leg.play_now(frame, "item_1", n * 20)):
+                    await leg.play(frame, "item_1", n * 20)
                 n += 1
                 await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
 
@@ -107,8 +111,9 @@ def speech_ulaw(tmp_path: Path, speech: Callable[[str, int], bytes]) -> Path:
     return path
 
 
-async def test_sipp_call_speech_dtmf_bye(tmp_path: Path, speech_ulaw: Path) -> None:
-    app = FakeApp()
+@pytest.mark.parametrize("direct", [False, True], ids=["events", "direct"])
+async def test_sipp_call_speech_dtmf_bye(tmp_path: Path, speech_ulaw: Path, direct: bool) -> None:
+    app = FakeApp(direct=direct)
     async with user_agent(app) as ua:
         result = await run_sipp("uac_speech_dtmf.xml", f"127.0.0.1:{ua.port}", tmp_path)
         assert result.ok, result.stderr + result.messages[-4000:]
