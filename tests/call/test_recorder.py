@@ -339,3 +339,27 @@ def test_gathering_runs_gives_the_same_file_as_placing_each_write(
     a, _ = sf.read(folder / "gathered.wav", dtype="int16")
     b, _ = sf.read(folder / "direct.wav", dtype="int16")
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("codec", ["pcmu", "pcma"])
+def test_g711_codes_are_recorded_as_their_decoded_pcm(tmp_path: Path, codec: str) -> None:
+    from voice.audio.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+
+    encode, decode = (ulaw_encode, ulaw_decode) if codec == "pcmu" else (alaw_encode, alaw_decode)
+    caller = encode(tone(440, 0, 500).tobytes())
+    agent = encode(tone(1000, 100, 300).tobytes())
+    rec = Recorder(tmp_path / "g711.wav", RATE, codec=codec)  # type: ignore[arg-type]
+    for k in range(0, len(caller), 160):  # 20 ms frames, the agent's with a gap before a late frame
+        rec.write_caller(caller[k : k + 160], k // PER_MS)
+    for k in range(0, len(agent), 160):
+        rec.write_agent(agent[k : k + 160], 100 + k // PER_MS if k < 800 else 260 + (k - 800) // PER_MS)
+    rec.close()
+    data = read(tmp_path / "g711.wav")
+    expected_caller = np.frombuffer(decode(caller), dtype="<i2")
+    assert np.array_equal(data[: len(expected_caller), 0], expected_caller)
+    decoded_agent = np.frombuffer(decode(agent), dtype="<i2")
+    assert np.array_equal(data[100 * PER_MS : 200 * PER_MS, 1], decoded_agent[: 100 * PER_MS])
+    assert np.array_equal(data[260 * PER_MS : 360 * PER_MS, 1], decoded_agent[100 * PER_MS :])
+    assert not data[200 * PER_MS : 260 * PER_MS, 1].any()  # the gap is silence
+    with pytest.raises(AudioError, match="codec"):
+        Recorder(tmp_path / "bad.wav", RATE, codec="opus")  # type: ignore[arg-type]

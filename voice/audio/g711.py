@@ -105,7 +105,7 @@ def ulaw_encode(pcm16: bytes) -> bytes:
     return _ulaw_encode_take(np.frombuffer(pcm16, dtype=_U16)).tobytes()
 
 
-def ulaw_decode(codes: bytes) -> bytes:
+def ulaw_decode(codes: bytes | bytearray) -> bytes:
     """Little-endian PCM16 for G.711 µ-law ``codes`` (two bytes out per byte in)."""
     return _ulaw_decode_take(np.frombuffer(codes, dtype=_U8)).tobytes()
 
@@ -120,6 +120,6 @@ def alaw_encode(pcm16: bytes) -> bytes:
     return _alaw_encode_take(np.frombuffer(pcm16, dtype=_U16)).tobytes()
 
 
-def alaw_decode(codes: bytes) -> bytes:
+def alaw_decode(codes: bytes | bytearray) -> bytes:
     """Little-endian PCM16 for G.711 A-law ``codes`` (two bytes out per byte in)."""
     return _alaw_decode_take(np.frombuffer(codes, dtype=_U8)).tobytes()

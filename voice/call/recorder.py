@@ -16,9 +16,10 @@ any moment the file on disk is a valid WAV. After a ``kill -9`` it holds everyth
 Before the first caller audio there is no clock and nothing is committed by itself; a leg that sends no
 caller audio (no comfort noise, no silence frames) should call ``flush(upto_ms=now)`` every second.
 
-Contiguous audio is gathered per channel (up to ``run_ms``, 100 ms by default) and placed in the window as
-one block: a call writes a 20 ms frame per channel every 20 ms, and one numpy copy per 100 ms costs far less
-than five. Every operation that reads or changes the window places the gathered audio first, so the result
+Audio comes in the call's ``codec``: PCM16, or G.711 (µ-law, A-law) codes that are decoded here. Contiguous
+audio is gathered per channel (up to ``run_ms``, 100 ms by default), then decoded and placed in the window
+as one block: a call writes a 20 ms frame per channel every 20 ms, and one numpy operation per 100 ms costs
+far less than five. Every operation that reads or changes the window places the gathered audio first, so the result
 is the same as placing each write at once.
 
 Written with ``soundfile`` (libsndfile), which writes straight to the file descriptor: what is committed is
@@ -36,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 import soundfile as sf
 
+from voice.audio.g711 import alaw_decode, ulaw_decode
 from voice.errors import AudioError
 from voice.logs import get_logger
 
@@ -53,7 +55,8 @@ _log = get_logger(component="recorder")
 class Recorder:
     """Writes one call's stereo recording incrementally. Not thread-safe: use it from one task or thread.
 
-    ``sample_rate`` is the call's working rate (resample before writing if a leg differs).
+    ``sample_rate`` is the call's working rate (resample before writing if a leg differs); ``codec`` the
+    format of the audio written: ``"pcm16"`` (little-endian), ``"pcmu"`` or ``"pcma"`` (G.711 codes).
     ``flush_every_ms`` bounds how much committed-ready audio may wait in memory, ``hold_ms`` how far behind
     the caller's latest audio the file stays open for late agent audio and truncation, and ``max_ahead_ms``
     how far past the file's end a write may land (larger ``t_ms`` values are rejected as bogus).
@@ -69,6 +72,7 @@ class Recorder:
         max_ahead_ms: int = 600_000,
         run_ms: int = 100,
         overwrite: bool = False,
+        codec: Literal["pcm16", "pcmu", "pcma"] = "pcm16",
     ) -> None:
         if sample_rate not in SUPPORTED_RATES:
             raise AudioError(
@@ -82,7 +86,12 @@ class Recorder:
         self._flush_every = flush_every_ms * self._per_ms
         self._hold = hold_ms * self._per_ms
         self._max_ahead = max_ahead_ms * self._per_ms
-        self._run_bytes = max(1, run_ms) * self._per_ms * 2
+        if codec not in _DECODERS:
+            raise AudioError(f"recording codec must be one of {sorted(_DECODERS)}, got {codec!r}")
+        self.codec = codec
+        self._width = 2 if codec == "pcm16" else 1  # bytes per sample
+        self._decode = _DECODERS[codec]
+        self._run_bytes = max(1, run_ms) * self._per_ms * self._width
         if self.path.exists() and not overwrite:
             raise AudioError(f"recording file already exists: {self.path}")
         try:
@@ -95,7 +104,7 @@ class Recorder:
         self._committed = 0  # frames in the file
         self._buf: npt.NDArray[np.int16] = np.zeros((sample_rate, 2), dtype=np.int16)  # frames after that
         self._end = [0, 0]  # absolute end frame written per channel
-        # Per channel, audio gathered and not placed yet: (start frame, PCM16).
+        # Per channel, audio gathered and not placed yet: (start frame, audio in the codec).
         self._runs: list[tuple[int, bytearray] | None] = [None, None]
         self._seen_caller = False
         self._closed = False
@@ -128,16 +137,16 @@ class Recorder:
 
     # -- writing --------------------------------------------------------------------------------------
 
-    def write_caller(self, pcm16: bytes | bytearray | memoryview, t_ms: int | None = None) -> None:
-        """Place caller audio (PCM16 mono at the recording rate) at ``t_ms``; None means right after the
-        previous caller audio."""
+    def write_caller(self, audio: bytes | bytearray | memoryview, t_ms: int | None = None) -> None:
+        """Place caller audio (mono at the recording rate, in the recorder's codec) at ``t_ms``; None means
+        right after the previous caller audio."""
         self._seen_caller = True
-        self._write(_CALLER, pcm16, t_ms)
+        self._write(_CALLER, audio, t_ms)
 
-    def write_agent(self, pcm16: bytes | bytearray | memoryview, t_ms: int | None = None) -> None:
+    def write_agent(self, audio: bytes | bytearray | memoryview, t_ms: int | None = None) -> None:
         """Place agent audio as the caller heard it, starting at ``t_ms`` (None: right after the previous
         agent audio). Audio already in the window at that place is overwritten."""
-        self._write(_AGENT, pcm16, t_ms)
+        self._write(_AGENT, audio, t_ms)
 
     def truncate_agent(self, t_ms: int) -> None:
         """Silence the agent channel from ``t_ms`` on: audio written ahead of playout that was never heard
@@ -218,26 +227,28 @@ class Recorder:
         """Where the channel's audio ends, gathered audio included (absolute frame)."""
         run = self._runs[channel]
         end = self._end[channel]
-        return max(end, run[0] + len(run[1]) // 2) if run is not None else end
+        return max(end, run[0] + len(run[1]) // self._width) if run is not None else end
 
-    def _write(self, channel: Channel, pcm16: bytes | bytearray | memoryview, t_ms: int | None) -> None:
-        """Gather ``pcm16`` into the channel's run when it continues it, else place the run and start anew."""
-        self._check_open()
-        if len(pcm16) % 2:
-            raise AudioError(f"PCM16 audio must have an even number of bytes, got {len(pcm16)}")
+    def _write(self, channel: Channel, audio: bytes | bytearray | memoryview, t_ms: int | None) -> None:
+        """Gather ``audio`` into the channel's run when it continues it, else place the run and start anew."""
+        if self._closed:
+            raise AudioError(f"recording {self.path} is closed")
+        width = self._width
+        if width == 2 and len(audio) % 2:
+            raise AudioError(f"PCM16 audio must have an even number of bytes, got {len(audio)}")
         run = self._runs[channel]
         start = self._run_end(channel) if t_ms is None else self._frame(t_ms)
-        if start + len(pcm16) // 2 - self._committed > self._max_ahead:
+        if start + len(audio) // width - self._committed > self._max_ahead:
             raise AudioError(
                 f"audio at {start // self._per_ms} ms is too far ahead of the recording "
                 f"(committed to {self.committed_ms} ms, limit {self._max_ahead // self._per_ms} ms ahead)"
             )
-        if run is not None and start == run[0] + len(run[1]) // 2:
-            run[1].extend(pcm16)
+        if run is not None and start == run[0] + len(run[1]) // width:
+            run[1].extend(audio)
         else:
             if run is not None:
                 self._settle(channel)
-            run = self._runs[channel] = (start, bytearray(pcm16))
+            run = self._runs[channel] = (start, bytearray(audio))
         if len(run[1]) >= self._run_bytes:
             self._settle(channel)
         elif channel == _CALLER and self._horizon_if_settled() - self._committed >= self._flush_every:
@@ -265,8 +276,8 @@ class Recorder:
         self._place(channel, run[1], run[0])
         return True
 
-    def _place(self, channel: Channel, pcm16: bytearray, start: int) -> None:
-        samples = np.frombuffer(pcm16, dtype="<i2")
+    def _place(self, channel: Channel, audio: bytearray, start: int) -> None:
+        samples = self._decode(audio)
         end = start + len(samples)
         if start < self._committed:  # late audio for a committed part: keep only the tail
             cut = min(self._committed - start, len(samples))
@@ -308,6 +319,22 @@ class Recorder:
         """Make the header describe every frame written so far (RIFF and data chunk sizes)."""
         if not _update_header_native(self._file):
             _patch_wav_sizes(self.path)
+
+
+def _pcm16(audio: bytearray) -> npt.NDArray[np.int16]:
+    return np.frombuffer(audio, dtype="<i2")
+
+
+def _ulaw(audio: bytearray) -> npt.NDArray[np.int16]:
+    return np.frombuffer(ulaw_decode(audio), dtype="<i2")
+
+
+def _alaw(audio: bytearray) -> npt.NDArray[np.int16]:
+    return np.frombuffer(alaw_decode(audio), dtype="<i2")
+
+
+_DECODERS: Final = {"pcm16": _pcm16, "pcmu": _ulaw, "pcma": _alaw}
+"""Codec -> decoder of gathered audio to int16 samples."""
 
 
 def _update_header_native(handle: Any) -> bool:

@@ -415,7 +415,12 @@ class CallRunner:
             metadata=meta,
         )
         try:
-            self.recorder = Recorder(self.recording_path, sample_rate(self.codec), hold_ms=_RECORDER_HOLD_MS)
+            self.recorder = Recorder(
+                self.recording_path,
+                sample_rate(self.codec),
+                hold_ms=_RECORDER_HOLD_MS,
+                codec="pcm16" if self.codec == "pcm16_24k" else self.codec,
+            )
         except VoiceError as exc:
             self.log.error("call.recording_unavailable", error=str(exc))
         self.transcript.system(0, "call started", agent=self.profile.name, leg=self.leg.kind)
@@ -743,7 +748,7 @@ class CallRunner:
         if anchor is None or (learning and offset < anchor) or offset - anchor > _CALLER_REANCHOR_MS:
             self._caller_anchor = anchor = offset
         try:
-            self.recorder.write_caller(_decode(event.audio, self.codec), anchor + event.media_ms)
+            self.recorder.write_caller(event.audio, anchor + event.media_ms)
         except VoiceError as exc:
             self._recording_failed(exc)
 
@@ -839,7 +844,7 @@ class CallRunner:
         self._agent_end_ms = at + FRAME_MS
         if self.recorder is not None and not self.recorder.closed:
             try:
-                self.recorder.write_agent(_decode(frame, self.codec), at)
+                self.recorder.write_agent(frame, at)
             except VoiceError as exc:
                 self._recording_failed(exc)
         return at, sent
