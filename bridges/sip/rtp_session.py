@@ -5,9 +5,11 @@
 - **Symmetric RTP** (RFC 4961): packets go to where the peer's packets come from (latched on every valid
   packet), else to the address and port of its SDP.
 - **Receive.** Audio packets of the negotiated payload type go through the
-  :class:`~bridges.sip.jitter.JitterBuffer`; a 20 ms clock (``loop.call_at`` on absolute deadlines, no
-  drift) pops one frame per tick and emits :class:`~bridges.base.CallerAudio` (concealment frames included)
-  with the caller's media clock in ms. RFC 4733 packets go to the
+  :class:`~bridges.sip.jitter.JitterBuffer`; a 20 ms clock pops one frame per tick and emits
+  :class:`~bridges.base.CallerAudio` (concealment frames included) with the caller's media clock in ms. The
+  clock is one :class:`RtpClock` for all the sessions of a port pool (one timer instead of one per call),
+  on absolute deadlines (no drift), ticking the sessions in four groups 5 ms apart (no burst of every
+  call's caller audio at once). RFC 4733 packets go to the
   :class:`~bridges.sip.telephone_event.TelephoneEventReceiver` and become one
   :class:`~bridges.base.CallerDtmf` per key; in-band tones in the decoded audio are detected too
   (:class:`voice.audio.dtmf.DtmfDetector`, about 80 µs per frame) when ``inband_dtmf`` is ``always``, or
@@ -60,7 +62,7 @@ from voice.audio.dtmf import DtmfDetector
 from voice.audio.g711 import alaw_decode, ulaw_decode
 from voice.logs import get_logger
 
-__all__ = ["FRAME_MS", "RTCP_INTERVAL_S", "RtpPortPool", "RtpSession"]
+__all__ = ["FRAME_MS", "RTCP_INTERVAL_S", "RtpClock", "RtpPortPool", "RtpSession"]
 
 FRAME_MS: Final = 20
 RTCP_INTERVAL_S: Final = 5.0
@@ -92,8 +94,55 @@ class _Rtp(asyncio.DatagramProtocol):
         self.session.log.debug("rtp.socket_error", error=repr(exc))
 
 
+class RtpClock:
+    """The 20 ms receive clock of many RTP sessions (see the module docstring). Sessions join with
+    :meth:`add` and leave with :meth:`remove`; the timer runs while any session is on it."""
+
+    GROUPS: Final = 4
+
+    def __init__(self) -> None:
+        self._groups: list[dict[RtpSession, None]] = [{} for _ in range(self.GROUPS)]
+        self._next_group = 0
+        self._phase = 0
+        self._deadline = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._groups)
+
+    def add(self, session: RtpSession) -> None:
+        self._groups[self._next_group][session] = None
+        self._next_group = (self._next_group + 1) % self.GROUPS
+        if self._handle is None:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.time() + _STEP_S
+            self._handle = loop.call_at(self._deadline, self._step)
+
+    def remove(self, session: RtpSession) -> None:
+        for group in self._groups:
+            group.pop(session, None)
+        if self._handle is not None and not any(self._groups):
+            self._handle.cancel()
+            self._handle = None
+
+    def _step(self) -> None:
+        loop = asyncio.get_running_loop()
+        group = self._groups[self._phase]
+        self._phase = (self._phase + 1) % self.GROUPS
+        for session in list(group):
+            session._tick()
+        self._deadline += _STEP_S
+        now = loop.time()
+        if self._deadline < now - 0.2:  # a long stall: do not try to catch up
+            self._deadline = now + _STEP_S
+        self._handle = loop.call_at(self._deadline, self._step)
+
+
+_STEP_S: Final = FRAME_MS / 1000 / RtpClock.GROUPS
+
+
 class RtpPortPool:
-    """Even RTP ports (RTCP = port + 1) from ``[port_min, port_max]``, in turn."""
+    """Even RTP ports (RTCP = port + 1) from ``[port_min, port_max]``, in turn, and their shared clock."""
 
     def __init__(
         self,
@@ -111,6 +160,7 @@ class RtpPortPool:
         self.port_max = port_max
         self._used: set[int] = set()
         self._next = self.port_min
+        self.clock = RtpClock()
 
     async def open(self, call_id: str) -> RtpSession:
         """Bind a session on the next free pair; raises OSError when the range is exhausted."""
@@ -183,8 +233,8 @@ class RtpSession:
         self._early: EarlyMedia | None = None
         self.early_media: EarlyMediaSummary | None = None
         """What came before the answer (set by :meth:`start` when :meth:`listen_early` ran)."""
-        self._tick_handle: asyncio.TimerHandle | None = None
-        self._next_tick = 0.0
+        self._clock = pool.clock if pool is not None else RtpClock()
+        self._clocked = False
         self._last_sent_ms: float | None = None
         self._played_since_tick = False
         self._next_rtcp = 0.0
@@ -254,14 +304,13 @@ class RtpSession:
                 delivered_ms=self.early_media.delivered_ms,
                 speech_ms=self.early_media.speech_ms,
             )
-        if self._tick_handle is None:
+        if not self._clocked:
             self._start_clock()
 
     def _start_clock(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._next_tick = loop.time() + FRAME_MS / 1000
-        self._next_rtcp = loop.time() + RTCP_INTERVAL_S
-        self._tick_handle = loop.call_at(self._next_tick, self._tick)
+        self._next_rtcp = time.monotonic() + RTCP_INTERVAL_S  # the clock of _now_ms
+        self._clocked = True
+        self._clock.add(self)
 
     @property
     def sending_allowed(self) -> bool:
@@ -328,22 +377,18 @@ class RtpSession:
                 self._stats.on_sender_report(packet, self._now_ms())
 
     def _tick(self) -> None:
+        """One 20 ms tick of the receive clock (:class:`RtpClock`); never raises."""
         if self.closed:
             return
-        loop = asyncio.get_running_loop()
         now = self._now_ms()
         try:
             self._receive_tick(now)
             self._send_tick()
-            if loop.time() >= self._next_rtcp:
+            if now >= self._next_rtcp * 1000:
                 self._next_rtcp += RTCP_INTERVAL_S
                 self._send_rtcp()
         except Exception:
             self.log.exception("rtp.tick_failed")
-        self._next_tick += FRAME_MS / 1000
-        if self._next_tick < loop.time() - 0.2:  # a long stall: do not try to catch up
-            self._next_tick = loop.time() + FRAME_MS / 1000
-        self._tick_handle = loop.call_at(self._next_tick, self._tick)
 
     def _receive_tick(self, now: float) -> None:
         for key in self.events.poll(now):
@@ -431,8 +476,8 @@ class RtpSession:
         if self.closed:
             return
         self.closed = True
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
+        if self._clocked:
+            self._clock.remove(self)
         for transport in (self._rtp, self._rtcp):
             if transport is not None:
                 transport.close()

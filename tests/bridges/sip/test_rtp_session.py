@@ -4,11 +4,12 @@ both ways, marker bits and RTCP."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 from bridges.base import CallerAudio, CallerDtmf, LegEvent
 from bridges.sip.rtp import RtcpSenderReport, RtpPacket, RtpSender, parse_rtcp
-from bridges.sip.rtp_session import RtpPortPool
+from bridges.sip.rtp_session import RtpClock, RtpPortPool
 from bridges.sip.sdp import Codec, NegotiatedMedia
 from bridges.sip.telephone_event import TelephoneEvent
 from tests.bridges.sip.sipp import free_even_port
@@ -118,3 +119,33 @@ async def test_rfc4733_in_and_out_and_rtcp() -> None:
     assert sent and sent[0].event == 9 and [e.end for e in sent][-3:] == [True, True, True]
     report = parse_rtcp(rtcp_peer.data[0])
     assert isinstance(report[0], RtcpSenderReport) and report[0].reports[0].ssrc == 777
+
+
+class _Ticked:
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    def _tick(self) -> None:
+        self.at.append(asyncio.get_running_loop().time())
+
+
+async def test_one_clock_ticks_every_session_every_20ms_in_groups_5ms_apart() -> None:
+
+    clock = RtpClock()
+    sessions = [_Ticked() for _ in range(8)]
+    for session in sessions:
+        clock.add(session)  # type: ignore[arg-type]
+    assert len(clock) == 8
+    await asyncio.sleep(0.41)
+    counts = [len(s.at) for s in sessions]
+    assert all(19 <= n <= 21 for n in counts), counts
+    for s in sessions:  # absolute deadlines: 20 ms apart on average, no drift
+        assert abs((s.at[-1] - s.at[0]) / (len(s.at) - 1) - 0.020) < 0.002
+    first = sorted(s.at[0] for s in sessions[:4])  # one session per group: 5 ms apart
+    assert all(0.003 < b - a < 0.008 for a, b in itertools.pairwise(first))
+    for session in sessions:
+        clock.remove(session)  # type: ignore[arg-type]
+    assert len(clock) == 0 and clock._handle is None
+    before = [len(s.at) for s in sessions]
+    await asyncio.sleep(0.05)
+    assert [len(s.at) for s in sessions] == before  # nothing ticks once all have left
