@@ -260,6 +260,11 @@ class DirectLeg(Protocol):
         order (a send in progress, tones queued, back-pressure): the caller then uses :meth:`Leg.play`."""
         ...
 
+    def audio_stopped(self) -> None:
+        """The call had no frame to play on a tick after playing some (the agent's audio ended or paused),
+        in order with the frames before (a leg that marks its audio in batches closes the batch)."""
+        ...
+
 
 @runtime_checkable
 class PlayoutClock(Protocol):

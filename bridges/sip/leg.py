@@ -163,6 +163,9 @@ class SipLeg:
         self.call.rtp.send_audio(frame)
         return True
 
+    def audio_stopped(self) -> None:
+        return None  # each packet stands alone (the next one after a pause carries the marker bit)
+
     async def clear(self) -> None:
         self.call.rtp.sender.start_talkspurt()
 

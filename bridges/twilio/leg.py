@@ -29,7 +29,8 @@ send is in progress and no tones are queued.
 
 Outbound: :meth:`~TwilioLeg.play` sends one ``media`` message per frame, with a ``mark`` after every
 :data:`MARK_EVERY_FRAMES`-th frame of an item (§E.3, §C.2), after the last frame of an item when another
-item follows, and after the last frame sent when the audio stops (:data:`MARK_FLUSH_S` later). A mark costs
+item follows, and after the last frame sent when the audio stops (:meth:`~TwilioLeg.audio_stopped`, which the
+call's pacer tick calls; the DTMF pump marks its own last frame). A mark costs
 a message each way, and the playout clock interpolates between echoes (:class:`~bridges.twilio.marks.
 MarkClock`), so :meth:`~TwilioLeg.heard_now` tells the call how much of the playing item the caller has
 heard at any moment, to the ms, for truncation at a barge-in;
@@ -101,12 +102,10 @@ from voice.logs import get_logger
 from voice.realtime.ids import new_id
 from voice.wsprotocol import direct_channel
 
-__all__ = ["CLOSE_NORMAL", "CLOSE_NO_START", "MARK_EVERY_FRAMES", "MARK_FLUSH_S", "TwilioLeg"]
+__all__ = ["CLOSE_NORMAL", "CLOSE_NO_START", "MARK_EVERY_FRAMES", "TwilioLeg"]
 
 MARK_EVERY_FRAMES: Final = 5
 """Frames of agent audio per ``mark`` (100 ms): between echoes the playout clock interpolates."""
-MARK_FLUSH_S: Final = 0.03
-"""How long after the last frame sent, with no frame following, its pending mark goes out."""
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_NO_START: Final = 1008
@@ -213,8 +212,6 @@ class TwilioLeg:
         self._sink: EventSink | None = None
         self._unmarked = 0  # frames sent since the last mark
         self._last_item: str | None = None  # the item of the last frame sent
-        self._last_sent = 0.0  # clock time of the last frame sent
-        self._flush: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task[None] | None = None
         fmt = start.media_format
         if not fmt.is_mulaw_8k:
@@ -544,6 +541,7 @@ class TwilioLeg:
                     await asyncio.sleep(delay)
                 elif delay < -0.1:
                     deadline = loop.time()  # the loop stalled: resume on a fresh grid, no burst
+            await self._send_pending_mark()  # the last frame sent, if it is unmarked
         except Exception:
             self.log.exception("twilio.dtmf_pump_failed")
         finally:
@@ -616,30 +614,22 @@ class TwilioLeg:
         self._last_item = item_id
         self._unmarked += 1
         mark = item_id is None or self._unmarked >= MARK_EVERY_FRAMES
-        self._last_sent = now = self.clock()
-        name = self.marks.sent(len(payload), int(now * 1000), item_id, item_ms, mark=mark)
+        name = self.marks.sent(len(payload), _now_ms(self.clock), item_id, item_ms, mark=mark)
         messages.append(media_message(self.stream_sid, payload))
         if mark:
             messages.append(mark_message(self.stream_sid, name))
             self._unmarked = 0
-        elif self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(MARK_FLUSH_S, self._flush_mark)
         return messages
 
-    def _flush_mark(self) -> None:
-        """The audio stopped (or paused) after an unmarked frame: send its mark, so that the call learns
-        that the item was heard to its end; while frames keep coming, look again later."""
-        self._flush = None
-        if self._closed:
-            return
-        loop = asyncio.get_running_loop()
-        if self.clock() - self._last_sent < MARK_FLUSH_S - 0.005:
-            self._flush = loop.call_later(MARK_FLUSH_S, self._flush_mark)
-            return
+    def audio_stopped(self) -> None:
+        """No frame followed the last one sent: send its mark if it has none yet, so that the call learns
+        when the item was heard to its end (:class:`bridges.base.DirectLeg`)."""
+        if self._closed or self._pump is not None:
+            return  # the DTMF pump marks the last frame it sends
         channel = self._channel
-        if channel is None or self._send_lock.locked() or self._pump is not None or not channel.ready:
+        if channel is None or self._send_lock.locked() or not channel.ready:
             if self._flush_task is None or self._flush_task.done():
-                self._flush_task = loop.create_task(self._send_pending_mark())
+                self._flush_task = asyncio.get_running_loop().create_task(self._send_pending_mark())
             return
         name = self.marks.mark_last()
         if name is not None:

@@ -30,7 +30,7 @@ Positions are in ms of audio (µ-law: 8 bytes per ms). Times (``now_ms``) are an
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 __all__ = ["MarkClock", "MarkEcho", "SentChunk"]
@@ -38,7 +38,7 @@ __all__ = ["MarkClock", "MarkEcho", "SentChunk"]
 _MULAW_BYTES_PER_MS: Final = 8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SentChunk:
     """One chunk of audio sent with its mark.
 
@@ -144,7 +144,7 @@ class MarkClock:
         chunk = self._outstanding[name]
         if chunk.marked:
             return None
-        self._outstanding[name] = replace(chunk, marked=True)
+        chunk.marked = True  # (one is made for every frame sent: a plain, mutable record)
         return name
 
     def echoed(self, name: str, now_ms: int) -> MarkEcho | None:

@@ -19,8 +19,8 @@ caller audio (no comfort noise, no silence frames) should call ``flush(upto_ms=n
 Audio comes in the call's ``codec``: PCM16, or G.711 (µ-law, A-law) codes that are decoded here. Contiguous
 audio is gathered per channel (up to ``run_ms``, 100 ms by default), then decoded and placed in the window
 as one block: a call writes a 20 ms frame per channel every 20 ms, and one numpy operation per 100 ms costs
-far less than five. Every operation that reads or changes the window places the gathered audio first, so the result
-is the same as placing each write at once.
+far less than five. Every operation that reads or changes the window places the gathered audio first, so
+the result is the same as placing each write at once.
 
 Written with ``soundfile`` (libsndfile), which writes straight to the file descriptor: what is committed is
 in the OS page cache at once, so it survives the process (not a power loss; nothing here calls fsync).

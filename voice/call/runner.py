@@ -188,6 +188,11 @@ def warm_up(codecs: tuple[AudioCodec, ...] = ("pcm16_24k", "pcmu")) -> None:
         core.tick(0)
 
 
+async def _run_sync(fn: Callable[[], None]) -> None:
+    """A synchronous leg operation as a writer-task operation (to keep its place in the order)."""
+    fn()
+
+
 def _decode(audio: bytes, codec: AudioCodec) -> bytes:
     """Leg codec -> PCM16 at the codec's rate."""
     if codec == "pcmu":
@@ -296,6 +301,7 @@ class CallRunner:
         self._up_q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._leg_q: asyncio.Queue[_LegOp | None] = asyncio.Queue()
         self._leg_busy = False  # the writer task is running an operation
+        self._sending = False  # the last pacer tick played a frame
         self._direct: DirectLeg | None = leg if isinstance(leg, DirectLeg) else None
         self._clock: PlayoutClock | None = leg if isinstance(leg, PlayoutClock) else None
         self._ended = asyncio.Event()
@@ -759,6 +765,7 @@ class CallRunner:
             return
         try:
             now = self.now_ms()
+            played = self.frames_played
             injected = self._take_injected()
             if self.state == "apology":
                 if injected is not None:
@@ -768,9 +775,24 @@ class CallRunner:
             if injected is not None:
                 actions = self._mix_injected(actions, injected, now)
             self._apply(actions, now)
+            if self.frames_played != played:
+                self._sending = True
+            elif self._sending:
+                self._sending = False
+                self._audio_stopped()
         except Exception:
             self.log.exception("call.tick_failed")
             self._request_end("error")
+
+    def _audio_stopped(self) -> None:
+        """Tell a direct leg that the frames stopped, in order with the frames before."""
+        direct = self._direct
+        if direct is None:
+            return
+        if self._leg_busy or not self._leg_q.empty():
+            self._leg_op(functools.partial(_run_sync, direct.audio_stopped))
+        else:
+            direct.audio_stopped()
 
     def _take_injected(self) -> bytes | None:
         if not self._injected:

@@ -367,6 +367,7 @@ async def test_play_sends_media_with_a_mark_every_few_frames_and_reports_playbac
     collector = harness.collect(leg)
     frames = distinct_frames(23)
     first = await pace(leg, frames, "item_a")
+    leg.audio_stopped()  # the call's pacer tick says so when it has no frame
     # Marks after frames 5, 10, 15, 20 and, once the audio has stopped, after the last one (23).
     await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 5)
     assert sim.heard_audio() == b"".join(frames)
@@ -409,6 +410,7 @@ async def test_audio_of_another_item_first_marks_the_end_of_the_previous_one(har
     collector = harness.collect(leg)
     await pace(leg, distinct_frames(3), "item_a")
     await pace(leg, distinct_frames(2, seed=3), "item_b")
+    leg.audio_stopped()
     await collector.wait_for(lambda: len(collector.of(PlaybackReport)) == 2)
     reports = collector.of(PlaybackReport)
     assert [(r.item_id, r.played_ms) for r in reports] == [("item_a", 60), ("item_b", 40)]
@@ -451,6 +453,7 @@ async def test_clear_drops_queued_audio_and_flushed_marks_report_nothing(harness
     assert abs(leg.marks.sent_ms - heard_ms) <= 60  # the clock froze where the caller stopped hearing
     # The stream goes on: a new item plays and reports from its start.
     await pace(leg, distinct_frames(7, seed=9), "item_b")
+    leg.audio_stopped()
     await collector.wait_for(
         lambda: any(r.item_id == "item_b" and r.played_ms == 140 for r in collector.of(PlaybackReport))
     )
@@ -629,4 +632,20 @@ async def test_play_now_declines_while_tones_are_queued_and_order_is_kept(direct
     assert detect(heard[: tone_frames * 160]) == "5"
     assert heard[tone_frames * 160 :] == b"".join(frames)  # the agent's frames after the tones, in order
     assert sim.protocol_errors == []
+    await sim.close()
+
+
+async def test_without_audio_stopped_the_last_frames_stay_unmarked_and_a_second_call_sends_nothing(
+    harness: Harness,
+) -> None:
+    sim, leg = await harness.call(continuous_media=False)
+    harness.collect(leg)
+    await pace(leg, distinct_frames(7), "item_a")
+    await asyncio.sleep(0.25)
+    assert len(sim.marks_received) == 1  # after frame 5 only
+    leg.audio_stopped()
+    await sim.wait_for(lambda: len(sim.marks_received) == 2)
+    leg.audio_stopped()  # nothing pending now
+    await asyncio.sleep(0.1)
+    assert len(sim.marks_received) == 2
     await sim.close()
