@@ -139,6 +139,8 @@ _LegOp: TypeAlias = Callable[[], Awaitable[None]]
 _HOUSEKEEPING_S: Final = 0.25
 _RECORDER_FLUSH_MS: Final = 1000
 _RECORDER_HOLD_MS: Final = 500
+_RECORDER_RUN_MS: Final = 500
+"""Audio the recorder gathers per channel before decoding and placing it (as often as it commits)."""
 _COST_EVERY_MS: Final = 5000
 _LEG_BACKLOG_WARN: Final = 250  # 5 s of frames
 _LEG_BACKLOG_FAIL: Final = 3000  # 60 s: the leg is not taking anything any more
@@ -425,6 +427,7 @@ class CallRunner:
                 self.recording_path,
                 sample_rate(self.codec),
                 hold_ms=_RECORDER_HOLD_MS,
+                run_ms=_RECORDER_RUN_MS,
                 codec="pcm16" if self.codec == "pcm16_24k" else self.codec,
             )
         except VoiceError as exc:
