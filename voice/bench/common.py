@@ -33,14 +33,34 @@ __all__ = [
     "Service",
     "client_frame",
     "cpu_s",
+    "cpu_split",
     "free_port",
     "loadavg",
     "parse_frame",
     "percentile",
+    "pin",
     "preempted",
     "rss_mb",
     "start_engine",
 ]
+
+
+def cpu_split() -> tuple[set[int], set[int]] | None:
+    """``(the service's CPUs, the simulated peers' CPUs)``: the first CPU this process may use for the
+    service, the others for the processes that stand for the Realtime API, Twilio and the callers, which in
+    production run on other machines. ``None`` on a machine with one CPU (everything shares it)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Move every thread of process ``pid`` onto ``cpus`` (threads it starts later inherit it)."""
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread that has just ended
+                os.sched_setaffinity(int(tid), cpus)
 
 
 def free_port() -> int:

@@ -20,8 +20,9 @@
   the engine's CPU per call and SIPp's CPU (``/proc``), the service's RSS growth per call, the load average.
   The verdict is against the target: >= 200 calls with p99 pacer lateness < 5 ms.
 
-Everything shares the machine's cores, so the figures include SIPp's and the engine's load and whatever
-else the machine runs (the load average is printed with each row).
+In the end-to-end part the service has the machine's first core to itself; SIPp and the engine, which stand
+for phones and the Realtime API on other machines, share the other core (:func:`voice.bench.common.
+cpu_split`); their CPU is printed with each row, with the load average. The other parts share the cores.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ from voice.bench.common import (
     PacerStats,
     Service,
     cpu_s,
+    cpu_split,
     free_port,
     loadavg,
     percentile,
+    pin,
     preempted,
     start_engine,
 )
@@ -636,6 +639,9 @@ def _e2e_size(
              "-trace_err", "-error_file", f"sipp{calls}.err"],
             cwd=work, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
+        split = cpu_split()
+        if split is not None:
+            pin(proc.pid, split[1])
         stack.callback(_stop, proc, 0.0)  # SIPp is done by then; kill it if not (an error on the way)
         started = time.monotonic()
         live = 0
@@ -738,11 +744,19 @@ def run_e2e() -> None:
         upstream = f"ws://127.0.0.1:{engine_port}/v1/realtime"
         service = _start_sip_service(home, upstream, sip_port, rtp_min, rtp_max)
         stack.callback(_stop, service.proc, 30.0)
+        split = cpu_split()
+        if split is not None:
+            pin(service.proc.pid, split[0])
+            pin(engine.pid, split[1])
+            pin(os.getpid(), split[1])
+            where = f"service on CPUs {sorted(split[0])}, engine and SIPp on {sorted(split[1])}"
+        else:
+            where = "one CPU: service, engine and SIPp share it"
         print(
             f"voice serve --upstream --sip-port {sip_port} (pid {service.proc.pid}, RTP ports "
             f"{rtp_min}-{rtp_max}); local engine, recognition off (pid {engine.pid}), standing for the "
             f"Realtime API; SIPp at nice 10 placing {E2E_RATE} calls/s, each streaming 20 ms PCMU silence "
-            "and pressing 2 as each agent turn ends (the agent talks nearly all the time)"
+            f"and pressing 2 as each agent turn ends (the agent talks nearly all the time); {where}"
         )
         print(
             f"{'':>26}{'pacer lateness':^25}{'RTP |IPDV|':^16}\n"

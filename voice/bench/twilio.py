@@ -23,7 +23,9 @@ Three measurements:
   callers, and the service process's CPU and resident memory per call (``/proc``). Target: 200 calls with
   p99 pacer lateness under 10 ms.
 
-Callers and service share the machine's cores, so the figures include the callers' own load.
+The service has the machine's first core to itself; the engine, the callers and this process, which stand
+for the Realtime API and Twilio's media servers (other machines in production), share the other core
+(:func:`voice.bench.common.cpu_split`). Their CPU is printed beside the service's.
 """
 
 from __future__ import annotations
@@ -71,9 +73,11 @@ from voice.bench.common import (
     PacerStats,
     Service,
     cpu_s,
+    cpu_split,
     free_port,
     loadavg,
     percentile,
+    pin,
     preempted,
     start_engine,
 )
@@ -624,11 +628,13 @@ async def _lean_callers(port: int, calls: int, conn: Connection) -> None:
     )
 
 
-def _caller_process(port: int, calls: int, conn: Connection) -> None:
-    """The callers' process, at a lower scheduling priority: they stand for Twilio's media servers, which
-    run elsewhere, and should not take the CPU from the service they measure."""
+def _caller_process(port: int, calls: int, conn: Connection, cpus: set[int] | None) -> None:
+    """The callers' process, on the peers' core(s) and at a lower scheduling priority: they stand for
+    Twilio's media servers, which run elsewhere, and should not take the CPU from the service they measure."""
     with contextlib.suppress(OSError):
         os.nice(10)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
     asyncio.run(_lean_callers(port, calls, conn))
 
 
@@ -642,7 +648,9 @@ async def _recv(conn: Connection, limit_s: float) -> Any:
 async def _capacity(service: Service, engine_pid: int, calls: int) -> CapacityRow:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_caller_process, args=(service.port, calls, child), daemon=True)
+    split = cpu_split()
+    peers = split[1] if split is not None else None
+    proc = ctx.Process(target=_caller_process, args=(service.port, calls, child, peers), daemon=True)
     rss0 = service.rss_mb()
     proc.start()
     try:
@@ -730,10 +738,20 @@ async def _bench() -> None:
             raise
         try:
             ready_s = time.monotonic() - started
+            split = cpu_split()
+            if split is not None:
+                service_cpus, peer_cpus = split
+                pin(service.proc.pid, service_cpus)
+                pin(engine.pid, peer_cpus)
+                pin(os.getpid(), peer_cpus)
+                where = f"service on CPUs {sorted(service_cpus)}, engine and callers on {sorted(peer_cpus)}"
+            else:
+                where = "one CPU: service, engine and callers share it"
             print(
                 f"service: voice serve --upstream (pid {service.proc.pid}), ready in {ready_s:.1f} s; local "
                 f"engine with recognition off in its own process (pid {engine.pid}), standing for the "
-                "Realtime API; callers: barge-ins from this process, capacity from a child process at nice 10"
+                "Realtime API; callers: barge-ins from this process, capacity from a child process at nice "
+                f"10; {where}"
             )
             errors, pause_ms, clear_ms, missed = await _barge_ins(service)
             print(

@@ -1,0 +1,43 @@
+"""voice.bench.common: the CPU split between the service and the processes standing for its peers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from voice.bench.common import cpu_split, pin
+
+
+def test_split_gives_the_service_one_cpu_and_the_peers_the_rest() -> None:
+    split = cpu_split()
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        assert split is None
+        return
+    assert split is not None
+    service, peers = split
+    assert len(service) == 1 and service | peers == cpus and not service & peers
+
+
+def test_pin_moves_every_thread_of_a_process() -> None:
+    split = cpu_split()
+    if split is None:
+        pytest.skip("one CPU: nothing to split")
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = 50
+        while len(os.listdir(f"/proc/{child.pid}/task")) < 2 and deadline:
+            deadline -= 1
+            subprocess.run(["sleep", "0.1"], check=True)
+        pin(child.pid, split[0])
+        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(tids) == 2
+        assert all(os.sched_getaffinity(tid) == split[0] for tid in tids)
+    finally:
+        child.kill()
+        child.wait()
+    pin(child.pid, split[0])  # a process that is gone: nothing happens
