@@ -488,3 +488,34 @@ async def test_cancelled_runner_still_saves_the_record(
     call = store.get_call("call_cancel")
     assert call is not None and call["end_reason"] == "shutdown" and call["status"] == "ended"
     assert "call_cancel" not in pacer.calls
+
+
+async def test_caller_audio_with_a_jittery_media_clock_is_recorded_without_gaps(
+    tmp_path: Path, profile: AgentProfile, store: CallStore, pacer: FramePacer
+) -> None:
+    """Media timestamps that wander by a few ms (Twilio's do) still give one unbroken caller channel."""
+    codec: AudioCodec = "pcmu"
+    async with FakeUpstream(reply_ms=100, codec=codec) as up:
+        settings = settings_for(tmp_path, up.url)
+        leg = FakeLeg("call_jitter", codec)
+        runner = make_runner(leg, profile, settings, store, pacer)
+        task = asyncio.create_task(runner.run())
+        await until(lambda: runner.state == "live")
+        speech = tone(1000, codec)
+        jitter = [0, 3, -2, 4, -4, 1, 0, -3, 2, 5]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for k in range(50):
+            leg.inbox.put_nowait(CallerAudio(speech[k * 160 : (k + 1) * 160], 20 * k + jitter[k % 10]))
+            await asyncio.sleep(max(0.0, start + 0.02 * (k + 1) - loop.time()))
+        await asyncio.sleep(0.1)
+        leg.inbox.put_nowait(LegHangup("bye"))
+        await asyncio.wait_for(task, 5)
+    call = store.get_call("call_jitter")
+    assert call is not None
+    data, rate = read_stereo(Path(call["recording_path"]))
+    voiced = np.flatnonzero(np.abs(data[:, 0].astype(np.int32)) > 0)
+    first, last = voiced[0], voiced[-1]
+    assert (last - first + 1) / rate == pytest.approx(1.0, abs=0.003)  # one second, no gap, no overlap
+    silent_runs = np.diff(voiced)
+    assert silent_runs.max() <= 3  # only the sine's own zero crossings

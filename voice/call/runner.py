@@ -146,6 +146,9 @@ _LEG_BACKLOG_WARN: Final = 250  # 5 s of frames
 _LEG_BACKLOG_FAIL: Final = 3000  # 60 s: the leg is not taking anything any more
 _CALLER_REANCHOR_MS: Final = 200
 _ANCHOR_LEARN_MS: Final = 1000
+_CALLER_SNAP_MS: Final = 10
+"""Caller audio within this of where the previous frame ended is recorded right after it (media clocks
+jitter by a few ms; exact placement would leave clicks of silence or overlaps)."""
 _CONTIGUOUS_MS: Final = 10
 _MAX_PLAYOUT_DELAY_MS: Final = 300
 _NEVER: Final = -(10**9)
@@ -316,6 +319,7 @@ class CallRunner:
         self._sent_end_ms = _NEVER  # where the audio sent so far ends on the send clock
         self._playout_delay_ms: float | None = None  # learnt from playback reports (None: not yet)
         self._caller_anchor: int | None = None
+        self._caller_end_ms: int | None = None  # where the recorded caller audio ends
         self._last_flush_ms = 0
         self._last_cost_ms = 0
         self._cost_dirty = False
@@ -323,6 +327,7 @@ class CallRunner:
         self._handover: asyncio.Task[None] | None = None
         self._store_ok = True
         self._frame_bytes = frame_bytes(self.codec)
+        self._bytes_per_ms = bytes_per_ms(self.codec)
 
     # -- public ---------------------------------------------------------------------------------------
 
@@ -747,7 +752,9 @@ class CallRunner:
         delay, so during the first second of the stream the smallest such offset seen wins (the first
         chunks may have waited while the call was being set up). Later, a chunk arriving well after its
         predicted time means the caller stopped sending for a while: the anchor moves forward. (A burst
-        after a network stall is then placed back to back from where the stall ended.)
+        after a network stall is then placed back to back from where the stall ended.) A frame within
+        ``_CALLER_SNAP_MS`` of where the previous one ended follows it directly: media clocks jitter by a
+        few ms (Twilio's timestamps do), and the recording should not get clicks of silence or overlaps.
         """
         if self.recorder is None or self.recorder.closed:
             return
@@ -756,8 +763,13 @@ class CallRunner:
         learning = event.media_ms < _ANCHOR_LEARN_MS
         if anchor is None or (learning and offset < anchor) or offset - anchor > _CALLER_REANCHOR_MS:
             self._caller_anchor = anchor = offset
+        at = anchor + event.media_ms
+        end = self._caller_end_ms
+        if end is not None and abs(at - end) <= _CALLER_SNAP_MS:
+            at = end
+        self._caller_end_ms = at + len(event.audio) // self._bytes_per_ms
         try:
-            self.recorder.write_caller(event.audio, anchor + event.media_ms)
+            self.recorder.write_caller(event.audio, at)
         except VoiceError as exc:
             self._recording_failed(exc)
 
