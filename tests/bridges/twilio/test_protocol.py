@@ -373,3 +373,34 @@ def test_per_frame_messages_are_the_general_encoding(stream_sid: str, name: str,
         assert media_message(sid, payload) == encode_outbound(OutboundMedia(sid, payload))
         assert mark_message(sid, name) == encode_outbound(OutboundMark(sid, name))
         assert mark_message(sid, "17:item_abc:340") == encode_outbound(OutboundMark(sid, "17:item_abc:340"))
+
+
+_TEXTS = st.one_of(
+    st.text(max_size=8), st.from_regex(r"[0-9]{1,20}", fullmatch=True), st.integers(-5, 10**19)
+)
+_VALUES = st.one_of(st.none(), st.booleans(), _TEXTS, st.just("//8="), st.just("//8"), st.just([]))
+
+
+@given(
+    sid=_VALUES,
+    seq=_VALUES,
+    chunk=_VALUES,
+    stamp=_VALUES,
+    payload=st.one_of(_VALUES, st.binary(max_size=12).map(lambda b: base64.b64encode(b).decode())),
+    track=_VALUES,
+    body_is_dict=st.booleans(),
+)
+def test_media_fast_path_agrees_with_the_checked_path(
+    sid: object, seq: object, chunk: object, stamp: object, payload: object, track: object, body_is_dict: bool
+) -> None:
+    from bridges.twilio.protocol import _media, _media_checked
+
+    body = {"chunk": chunk, "timestamp": stamp, "payload": payload, "track": track}
+    data = {"event": "media", "streamSid": sid, "sequenceNumber": seq, "media": body if body_is_dict else "x"}
+    results = []
+    for parse in (_media, _media_checked):
+        try:
+            results.append(parse(data))
+        except TwilioProtocolError as exc:
+            results.append((exc.reason, exc.message))
+    assert results[0] == results[1]
