@@ -266,6 +266,9 @@ class JitterBuffer:
 
     def _candidate(self, from_seq: int) -> RtpPacket | None:
         """The buffered packet with the lowest sequence number at or after ``from_seq``."""
+        packet = self._packets.get(from_seq)
+        if packet is not None:  # the usual case: the very next one
+            return packet
         best: int | None = None
         for seq in self._packets:
             distance = seq_diff(seq, from_seq)

@@ -182,6 +182,35 @@ class RtpPacket:
         _check_range("padding", self.padding, 8)
 
     @classmethod
+    def _unchecked(
+        cls,
+        payload_type: int,
+        sequence_number: int,
+        timestamp: int,
+        ssrc: int,
+        payload: bytes,
+        marker: bool,
+        csrc: tuple[int, ...] = (),
+        extension: RtpExtension | None = None,
+        padding: int = 0,
+    ) -> RtpPacket:
+        """A packet whose fields cannot be out of range (read from the header's fixed-width fields, or
+        numbered by an :class:`RtpSender`): the checks of ``__post_init__`` are skipped, as a packet is
+        made for every 20 ms frame each way."""
+        packet = object.__new__(cls)
+        put = object.__setattr__
+        put(packet, "payload_type", payload_type)
+        put(packet, "sequence_number", sequence_number)
+        put(packet, "timestamp", timestamp)
+        put(packet, "ssrc", ssrc)
+        put(packet, "payload", payload)
+        put(packet, "marker", marker)
+        put(packet, "csrc", csrc)
+        put(packet, "extension", extension)
+        put(packet, "padding", padding)
+        return packet
+
+    @classmethod
     def parse(cls, data: bytes) -> RtpPacket:
         """Parse an RTP packet; raises :class:`RtpParseError` if it is too short or inconsistent."""
         if len(data) < RTP_HEADER_SIZE:
@@ -211,17 +240,10 @@ class RtpPacket:
             if padding == 0 or padding > end - pos:
                 raise RtpParseError(f"bad RTP padding count {padding}")
             end -= padding
-        return cls(
-            payload_type=second & 0x7F,
-            sequence_number=seq,
-            timestamp=timestamp,
-            ssrc=ssrc,
-            payload=data[pos:end],
-            marker=bool(second & 0x80),
-            csrc=tuple(csrc),
-            extension=extension,
-            padding=padding,
-        )
+        return cls._unchecked(
+            second & 0x7F, seq, timestamp, ssrc, data[pos:end], bool(second & 0x80), tuple(csrc), extension,
+            padding,
+        )  # fmt: skip
 
     def serialize(self) -> bytes:
         """The packet's bytes; padding bytes are zeros with the count in the last one."""
@@ -291,7 +313,12 @@ class RtpSender:
 
     def send(self, payload: bytes, samples: int | None = None) -> RtpPacket:
         """The packet for one audio frame; ``samples`` defaults to ``len(payload)`` (G.711)."""
-        packet = self.packet(payload, marker=self._talkspurt)
+        packet = RtpPacket._unchecked(
+            self.payload_type, self.sequence, self.timestamp, self.ssrc, payload, self._talkspurt
+        )
+        self.sequence = uint16_add(self.sequence, 1)
+        self.packets_sent += 1
+        self.octets_sent += len(payload)
         self._talkspurt = False
         self.advance(len(payload) if samples is None else samples)
         return packet
