@@ -410,3 +410,23 @@ def test_filtered_echo_does_not_pause(speech: Speech) -> None:
     sim.run(4000, caller=caller)
     assert sim.metrics("bargein.paused") == []
     assert len(sim.frames()) == 200
+
+
+@pytest.mark.parametrize("codec", ["pcmu", "pcma"])
+def test_quiet_g711_frames_skip_decoding_with_the_same_verdict(codec: str) -> None:
+    """The peak pre-gate never changes a verdict: frames just under and just over the level gate."""
+    from voice.audio.g711 import alaw_encode, ulaw_encode
+    from voice.call.bargein import CallerSpeechDetector
+
+    encode = ulaw_encode if codec == "pcmu" else alaw_encode
+    detector = CallerSpeechDetector(codec, min_level_dbfs=-50.0)  # type: ignore[arg-type]
+    assert detector._quiet is not None
+    rng = np.random.default_rng(3)
+    for amplitude in (0, 20, 60, 100, 104, 110, 150, 400, 3000):
+        pcm = (rng.uniform(-1, 1, 160) * amplitude).astype("<i2").tobytes()
+        frame = encode(pcm)
+        fast = detector._frame_counts(frame, 0)
+        quiet, detector._quiet = detector._quiet, None
+        slow = detector._frame_counts(frame, 0)
+        detector._quiet = quiet
+        assert fast == slow, amplitude

@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from bridges.base import AudioCodec, frame_bytes
 from voice.audio.g711 import alaw_decode, ulaw_decode
-from voice.audio.pcm import rms_dbfs
+from voice.audio.pcm import FULL_SCALE, rms_dbfs
 from voice.audio.vad import Vad
 
 
@@ -141,7 +141,10 @@ class CallerSpeechDetector:
         self._last_agent_ms: int | None = None
         self._run = 0
         self.last_level_dbfs = -math.inf
+        """Level of the last caller frame (``-inf`` too for a G.711 frame whose peak is under the gate:
+        its level is not computed)."""
         self.last_similarity: float | None = None
+        self._quiet = _quiet_codes(codec, self._decoder, min_level_dbfs)
 
     @property
     def in_speech(self) -> bool:
@@ -196,6 +199,12 @@ class CallerSpeechDetector:
 
     def _frame_counts(self, frame: bytes, now_ms: int) -> bool:
         self._caller.append(frame)
+        quiet = self._quiet
+        if quiet is not None and not frame.translate(None, quiet):
+            # Every sample is under the gate's RMS, so the frame's RMS is too: no need to decode it.
+            self.last_level_dbfs = -math.inf
+            self.last_similarity = None
+            return False
         pcm = self._decoder.pcm16(frame)
         level = pcm16_level(pcm)
         self.last_level_dbfs = level
@@ -206,6 +215,16 @@ class CallerSpeechDetector:
             return True
         self.last_similarity = self.echo_score()
         return self.last_similarity < self.echo_similarity
+
+
+def _quiet_codes(codec: AudioCodec, decoder: _Decoder, min_level_dbfs: float) -> bytes | None:
+    """The G.711 codes whose sample is quieter than a sine at ``min_level_dbfs`` RMS (a frame of only these
+    is under the level gate); ``None`` for PCM16."""
+    if codec not in ("pcmu", "pcma"):
+        return None
+    samples = np.abs(np.frombuffer(decoder.pcm16(bytes(range(256))), dtype="<i2").astype(np.int32))
+    gate = FULL_SCALE / math.sqrt(2.0) * 10.0 ** (min_level_dbfs / 20.0)
+    return bytes(code for code in range(256) if samples[code] < gate)
 
 
 class PauseWindow:
