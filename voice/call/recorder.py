@@ -106,6 +106,7 @@ class Recorder:
         self._end = [0, 0]  # absolute end frame written per channel
         # Per channel, audio gathered and not placed yet: (start frame, audio in the codec).
         self._runs: list[tuple[int, bytearray] | None] = [None, None]
+        self._run_next = [0, 0]  # where each channel's run ends (absolute frame), while it has one
         self._seen_caller = False
         self._closed = False
         self._dropped = 0
@@ -231,6 +232,31 @@ class Recorder:
 
     def _write(self, channel: Channel, audio: bytes | bytearray | memoryview, t_ms: int | None) -> None:
         """Gather ``audio`` into the channel's run when it continues it, else place the run and start anew."""
+        run = self._runs[channel]
+        if (  # the usual case, a frame right after the last one: no more than the checks it needs
+            run is not None
+            and type(t_ms) is int
+            and t_ms * self._per_ms == self._run_next[channel]
+            and (self._width == 1 or not len(audio) % 2)
+            and not self._closed
+        ):
+            end = self._run_next[channel] + len(audio) // self._width
+            if end - self._committed <= self._max_ahead:
+                run[1].extend(audio)
+                self._run_next[channel] = end
+                if len(run[1]) >= self._run_bytes:
+                    self._settle(channel)
+                elif (
+                    channel == _CALLER
+                    and max(self._end[_CALLER], end) - self._hold - self._committed >= self._flush_every
+                ):
+                    self._settle(_CALLER)
+                return
+        self._write_checked(channel, audio, t_ms)
+
+    def _write_checked(
+        self, channel: Channel, audio: bytes | bytearray | memoryview, t_ms: int | None
+    ) -> None:
         if self._closed:
             raise AudioError(f"recording {self.path} is closed")
         width = self._width
@@ -249,6 +275,7 @@ class Recorder:
             if run is not None:
                 self._settle(channel)
             run = self._runs[channel] = (start, bytearray(audio))
+        self._run_next[channel] = run[0] + len(run[1]) // width
         if len(run[1]) >= self._run_bytes:
             self._settle(channel)
         elif channel == _CALLER and self._horizon_if_settled() - self._committed >= self._flush_every:
