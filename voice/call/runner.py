@@ -571,7 +571,7 @@ class CallRunner:
             now = self.now_ms()
             if getattr(event, "type", None) == "input_audio_buffer.speech_started":
                 self._refresh_heard(now)  # a barge-in may truncate: with what was heard until now
-            self._apply(self.core.upstream_event(event, now))
+            self._apply(self.core.upstream_event(event, now), now)
 
     async def _reconnect(self, exc: UpstreamClosedError) -> bool:
         """The upstream dropped: reopen with backoff and restore; apologize and end if that fails."""
@@ -615,7 +615,7 @@ class CallRunner:
                     "output": [],
                 },
             }
-            self._apply(self.core.upstream_event(parse_server_event(json.dumps(done)), now))
+            self._apply(self.core.upstream_event(parse_server_event(json.dumps(done)), now), now)
         return bool(active)
 
     async def _fail_upstream(self) -> None:
@@ -724,18 +724,18 @@ class CallRunner:
         now = self.now_ms()
         if isinstance(event, CallerAudio):
             self._record_caller(event, now)
-            self._apply(self.core.caller_audio(event.audio, now))
+            self._apply(self.core.caller_audio(event.audio, now), now)
         elif isinstance(event, CallerDtmf):
             self._refresh_heard(now)  # a key may barge in
-            self._apply(self.core.caller_dtmf(event.digit, now))
+            self._apply(self.core.caller_dtmf(event.digit, now), now)
         elif isinstance(event, PlaybackReport):
             self._learn_playout_delay(event.item_id, event.played_ms, now)
-            self._apply(self.core.playback_report(event.item_id, event.played_ms, now))
+            self._apply(self.core.playback_report(event.item_id, event.played_ms, now), now)
         elif isinstance(event, LegHold):
             self.log.info("call.hold" if event.held else "call.resume")
             note = "the caller put the call on hold" if event.held else "the call resumed"
             self.transcript.system(now, note)
-            self._apply(self.core.hold(event.held, now))
+            self._apply(self.core.hold(event.held, now), now)
 
     def _refresh_heard(self, now: int) -> None:
         """Tell the core how much of the playing item the caller has heard right now, from the leg's own
@@ -743,7 +743,7 @@ class CallRunner:
         clock = self._clock
         position = clock.heard_now() if clock is not None else None
         if position is not None:
-            self._apply(self.core.playback_report(position[0], position[1], now))
+            self._apply(self.core.playback_report(position[0], position[1], now), now)
 
     def _record_caller(self, event: CallerAudio, now: int) -> None:
         """Caller audio on the left channel, placed by the caller's media clock.
