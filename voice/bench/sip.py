@@ -794,7 +794,7 @@ def run_e2e() -> None:
             "each 20 ms tick ran (the service's /metrics histogram, interpolated in its bucket; a SIP leg "
             "sends its RTP packet on the tick); RTP |IPDV|: packet delay variation of the service's RTP "
             "packets (send-time spacing minus RTP-timestamp spacing, RFC 5481; kernel timestamps on lo, one "
-            "call in 4), which adds the hop to each call's leg-writer task and gaps in the agent's audio; "
+            "call in 4), which adds gaps in the agent's audio to the pacer's lateness; "
             "pkt/s: RTP packets per captured call per second (50 = the agent talked all the window); CPU: % "
             "of one core; RSS: service memory growth per call; calls: SIPp's count of finished calls"
         )
