@@ -41,3 +41,12 @@ def test_pin_moves_every_thread_of_a_process() -> None:
         child.kill()
         child.wait()
     pin(child.pid, split[0])  # a process that is gone: nothing happens
+
+
+def test_twilio_arrival_lateness_follows_the_audio_not_the_message_count() -> None:
+    from voice.bench.twilio import _arrival_lateness_ms
+
+    # 40 ms messages every 40 ms, then one 20 ms message, then one 40 ms message 15 ms late.
+    arrivals = [(1.000, 0.04), (1.040, 0.04), (1.080, 0.02), (1.115, 0.04)]
+    late = _arrival_lateness_ms([arrivals], 0.0, 2.0)
+    assert [round(x, 6) for x in late] == [0.0, 0.0, 0.0, 15.0]

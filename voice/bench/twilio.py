@@ -475,7 +475,8 @@ class LeanTwilio(LeanWebSocket):
         self.chunk = 0
         self.t0 = 0.0
         self.queued_until = 0.0
-        self.arrivals: list[float] = []
+        self.arrivals: list[tuple[float, float]] = []
+        """``(arrival time, seconds of audio)`` of each agent ``media`` message."""
         self._pending: dict[str, asyncio.TimerHandle] = {}
 
     def _next_seq(self) -> int:
@@ -502,7 +503,7 @@ class LeanTwilio(LeanWebSocket):
             event = message["event"]
             if event == "media":
                 duration = len(base64.b64decode(message["media"]["payload"])) / 8000
-                self.arrivals.append(now)
+                self.arrivals.append((now, duration))
                 self.queued_until = max(self.queued_until, now) + duration
             elif event == "mark":
                 name = str(message["mark"]["name"])
@@ -549,20 +550,27 @@ class LeanTwilio(LeanWebSocket):
 _SILENCE_B64: Final = base64.b64encode(SILENCE).decode("ascii")
 
 
-def _arrival_lateness_ms(arrivals: list[list[float]], since: float, until: float) -> list[float]:
-    """Agent frames' arrival lateness at the callers: within each run of frames (gaps < 100 ms), each
-    frame's arrival against the run's 20 ms grid anchored at its earliest-running frame."""
+def _arrival_lateness_ms(
+    arrivals: list[list[tuple[float, float]]], since: float, until: float
+) -> list[float]:
+    """Agent audio's arrival lateness at the callers: within each run of messages (gaps < 100 ms), each
+    message's arrival against the time its audio starts on the run's timeline, anchored at the run's
+    earliest-running message (a message may carry one 20 ms frame or several)."""
     out: list[float] = []
     for caller in arrivals:
-        times = [t for t in caller if since <= t <= until]
-        run: list[float] = []
-        for t in [*times, float("inf")]:
-            if run and t - run[-1] > 0.1:
-                offsets = [a - k * FRAME_S for k, a in enumerate(run)]
+        timed = [(t, d) for t, d in caller if since <= t <= until]
+        run: list[tuple[float, float]] = []
+        for t, d in [*timed, (float("inf"), 0.0)]:
+            if run and t - run[-1][0] > 0.1:
+                offsets: list[float] = []
+                audio = 0.0
+                for arrival, duration in run:
+                    offsets.append(arrival - audio)
+                    audio += duration
                 base = min(offsets)
                 out.extend((o - base) * 1000 for o in offsets)
                 run = []
-            run.append(t)
+            run.append((t, d))
     return out
 
 
@@ -613,14 +621,14 @@ async def _lean_callers(port: int, calls: int, conn: Connection) -> None:
     await asyncio.sleep(1.0)
     task.cancel()
     lateness = _arrival_lateness_ms([c.arrivals for c in callers], t0, t1)
-    in_window = sum(1 for c in callers for t in c.arrivals if t0 <= t <= t1)
+    in_window = sum(d for c in callers for t, d in c.arrivals if t0 <= t <= t1) / FRAME_S  # frames
     conn.send(
         (
             "done",
             {
                 "caller_p99_ms": percentile(lateness, 0.99) if len(lateness) >= 100 else float("nan"),
                 "frames_per_s": in_window / max(1, len(callers)) / max(t1 - t0, 1e-9),
-                "connected": sum(1 for c in callers if any(t0 <= t <= t1 for t in c.arrivals)),
+                "connected": sum(1 for c in callers if any(t0 <= t <= t1 for t, _ in c.arrivals)),
                 "errors": len(errors) + sum(len(c.errors) for c in callers),
                 "first_errors": (errors + [e for c in callers for e in c.errors])[:3],
             },

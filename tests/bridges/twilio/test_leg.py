@@ -626,8 +626,8 @@ async def test_play_now_declines_while_tones_are_queued_and_order_is_kept(direct
         if not leg.play_now(frame, "item_a", 20 * (k + 1)):
             await leg.play(frame, "item_a", 20 * (k + 1))  # the call's fallback
     await leg.wait_dtmf_sent()
-    await sim.wait_idle()
     tone_frames = (100 + 60) // 20
+    await sim.wait_for(lambda: len(sim.heard_audio()) >= (tone_frames + len(frames)) * 160)
     heard = sim.heard_audio()
     assert detect(heard[: tone_frames * 160]) == "5"
     assert heard[tone_frames * 160 :] == b"".join(frames)  # the agent's frames after the tones, in order
