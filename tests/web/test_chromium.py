@@ -160,7 +160,9 @@ def test_page_call_with_real_speech(service: ServiceProcess, browser_with_mic: C
     _wait(
         page, "voicePage.state.transcripts.some(t => t.type === 'transcript.done' && t.role === 'caller')", 30
     )
-    assert "hours" in " ".join(_done(page, "caller")).lower()
+    # Whisper tiny hears the looped synthetic question a little differently from run to run (once as
+    # "...opening ours"); "opening" has come through every time, and the answer below checks the rest.
+    assert "opening" in " ".join(_done(page, "caller")).lower()
     _wait(
         page,
         "voicePage.state.transcripts.some(t => t.role === 'agent' && (t.text || '').includes('Tuesday'))",
