@@ -313,12 +313,11 @@ class RtpSender:
 
     def send(self, payload: bytes, samples: int | None = None) -> RtpPacket:
         """The packet for one audio frame; ``samples`` defaults to ``len(payload)`` (G.711)."""
-        packet = RtpPacket._unchecked(
-            self.payload_type, self.sequence, self.timestamp, self.ssrc, payload, self._talkspurt
+        packet = self._count(
+            RtpPacket._unchecked(
+                self.payload_type, self.sequence, self.timestamp, self.ssrc, payload, self._talkspurt
+            )
         )
-        self.sequence = uint16_add(self.sequence, 1)
-        self.packets_sent += 1
-        self.octets_sent += len(payload)
         self._talkspurt = False
         self.advance(len(payload) if samples is None else samples)
         return packet
@@ -332,17 +331,22 @@ class RtpSender:
         marker: bool = False,
     ) -> RtpPacket:
         """A packet with the next sequence number; the clock does not move."""
-        packet = RtpPacket(
-            payload_type=self.payload_type if payload_type is None else payload_type,
-            sequence_number=self.sequence,
-            timestamp=self.timestamp if timestamp is None else timestamp,
-            ssrc=self.ssrc,
-            payload=payload,
-            marker=marker,
+        return self._count(
+            RtpPacket(
+                payload_type=self.payload_type if payload_type is None else payload_type,
+                sequence_number=self.sequence,
+                timestamp=self.timestamp if timestamp is None else timestamp,
+                ssrc=self.ssrc,
+                payload=payload,
+                marker=marker,
+            )
         )
+
+    def _count(self, packet: RtpPacket) -> RtpPacket:
+        """``packet`` takes this sequence number: move to the next one and count what is sent."""
         self.sequence = uint16_add(self.sequence, 1)
         self.packets_sent += 1
-        self.octets_sent += len(payload)
+        self.octets_sent += len(packet.payload)
         return packet
 
     def advance(self, samples: int) -> None:

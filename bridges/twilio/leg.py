@@ -100,7 +100,7 @@ from voice.audio.g711 import ulaw_encode
 from voice.errors import LocalProtocolError
 from voice.logs import get_logger
 from voice.realtime.ids import new_id
-from voice.wsprotocol import direct_channel
+from voice.wsprotocol import DirectChannel, direct_channel
 
 __all__ = ["CLOSE_NORMAL", "CLOSE_NO_START", "MARK_EVERY_FRAMES", "TwilioLeg"]
 
@@ -354,13 +354,10 @@ class TwilioLeg:
             if text is None:
                 self.problems.report(self.log, "binary_frame", "Media Streams frames are JSON text")
                 continue
-            try:
-                parsed = parse_message(text, max_bytes=self.max_bytes)
-            except TwilioProtocolError as exc:
-                self.problems.report(self.log, exc.reason, exc.message, twilio_event=exc.event)
+            parsed = self._parse(text)
+            if parsed is None:
                 continue
-            handler = _HANDLERS[type(parsed)]
-            event = handler(self, parsed)
+            event = _HANDLERS[type(parsed)](self, parsed)
             if event is None:
                 continue
             yield event
@@ -374,14 +371,20 @@ class TwilioLeg:
             self._sink = sink
             self._channel.on_text(self._on_text)
 
+    def _parse(self, text: str) -> TwilioMessage | None:
+        """One message from Twilio; ``None`` for one it got wrong (logged and counted)."""
+        try:
+            return parse_message(text, max_bytes=self.max_bytes)
+        except TwilioProtocolError as exc:
+            self.problems.report(self.log, exc.reason, exc.message, twilio_event=exc.event)
+            return None
+
     def _on_text(self, text: str) -> bool:
         sink = self._sink
         if sink is None or self._closed:
             return False
-        try:
-            parsed = parse_message(text, max_bytes=self.max_bytes)
-        except TwilioProtocolError as exc:
-            self.problems.report(self.log, exc.reason, exc.message, twilio_event=exc.event)
+        parsed = self._parse(text)
+        if parsed is None:
             return True
         kind = type(parsed)
         if kind is not Media and kind is not Mark and kind is not Dtmf:
@@ -465,8 +468,9 @@ class TwilioLeg:
             return
         await self._send_chunk(bytes(frame), item_id, item_ms)
 
-    def play_now(self, frame: bytes, item_id: str, item_ms: int) -> bool:
-        """:meth:`play` in one socket write, now, when nothing is in its way (module docstring)."""
+    def _channel_now(self) -> DirectChannel | None:
+        """The direct channel, when a write on it now keeps the order of what is sent (nothing in the way:
+        no send in progress, no DTMF pump, no back-pressure); else ``None``."""
         channel = self._channel
         if (
             channel is None
@@ -475,6 +479,13 @@ class TwilioLeg:
             or self._send_lock.locked()
             or not channel.ready
         ):
+            return None
+        return channel
+
+    def play_now(self, frame: bytes, item_id: str, item_ms: int) -> bool:
+        """:meth:`play` in one socket write, now, when nothing is in its way (module docstring)."""
+        channel = self._channel_now()
+        if channel is None:
             return False
         if frame:
             channel.send_texts(*self._chunk_messages(bytes(frame), item_id, item_ms))
@@ -607,9 +618,9 @@ class TwilioLeg:
         a ``mark`` after it when it is due (DTMF tones, ``item_id`` ``None``, are marked one by one)."""
         messages: list[str] = []
         if item_id != self._last_item:
-            pending = self.marks.mark_last()
+            pending = self._pending_mark()
             if pending is not None:
-                messages.append(mark_message(self.stream_sid, pending))
+                messages.append(pending)
             self._unmarked = 0
         self._last_item = item_id
         self._unmarked += 1
@@ -626,22 +637,28 @@ class TwilioLeg:
         when the item was heard to its end (:class:`bridges.base.DirectLeg`)."""
         if self._closed or self._pump is not None:
             return  # the DTMF pump marks the last frame it sends
-        channel = self._channel
-        if channel is None or self._send_lock.locked() or not channel.ready:
+        channel = self._channel_now()
+        if channel is None:
             if self._flush_task is None or self._flush_task.done():
                 self._flush_task = asyncio.get_running_loop().create_task(self._send_pending_mark())
             return
-        name = self.marks.mark_last()
-        if name is not None:
-            self._unmarked = 0
-            channel.send_texts(mark_message(self.stream_sid, name))
+        pending = self._pending_mark()
+        if pending is not None:
+            channel.send_texts(pending)
 
     async def _send_pending_mark(self) -> None:
         async with self._send_lock:
-            name = None if self._closed else self.marks.mark_last()
-            if name is not None:
-                self._unmarked = 0
-                await self._send_text(mark_message(self.stream_sid, name))
+            pending = None if self._closed else self._pending_mark()
+            if pending is not None:
+                await self._send_text(pending)
+
+    def _pending_mark(self) -> str | None:
+        """The ``mark`` message for the last frame sent if it has none yet (now counted as marked)."""
+        name = self.marks.mark_last()
+        if name is None:
+            return None
+        self._unmarked = 0
+        return mark_message(self.stream_sid, name)
 
     async def _send_text(self, text: str) -> bool:
         if self._closed:

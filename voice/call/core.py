@@ -308,14 +308,12 @@ class CallCore:
     def _caller_audio(self, audio: bytes, now_ms: int) -> list[Action]:
         actions: list[Action] = []
         if self.forward_audio and audio:
-            unsent = self._unsent
-            if not unsent and len(audio) >= self._append_bytes:
+            if not self._unsent and len(audio) >= self._append_bytes:
                 actions.append(SendUpstream(input_audio_append(bytes(audio))))
             else:
-                unsent += audio
-                if len(unsent) >= self._append_bytes:
-                    actions.append(SendUpstream(input_audio_append(bytes(unsent))))
-                    unsent.clear()
+                self._unsent += audio
+                if len(self._unsent) >= self._append_bytes:
+                    actions += self._send_unsent()
         if not (self.playout.has_audio_to_play or self.playout.paused):
             # Local VAD only decides barge-in, which needs agent audio to interrupt: skip its cost while
             # the agent is silent (most of a caller's talk time) and start a fresh voiced run later.

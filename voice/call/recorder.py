@@ -106,7 +106,6 @@ class Recorder:
         self._end = [0, 0]  # absolute end frame written per channel
         # Per channel, audio gathered and not placed yet: (start frame, audio in the codec).
         self._runs: list[tuple[int, bytearray] | None] = [None, None]
-        self._run_next = [0, 0]  # where each channel's run ends (absolute frame), while it has one
         self._seen_caller = False
         self._closed = False
         self._dropped = 0
@@ -233,17 +232,17 @@ class Recorder:
     def _write(self, channel: Channel, audio: bytes | bytearray | memoryview, t_ms: int | None) -> None:
         """Gather ``audio`` into the channel's run when it continues it, else place the run and start anew."""
         run = self._runs[channel]
+        width = self._width
         if (  # the usual case, a frame right after the last one: no more than the checks it needs
             run is not None
             and type(t_ms) is int
-            and t_ms * self._per_ms == self._run_next[channel]
-            and (self._width == 1 or not len(audio) % 2)
+            and t_ms * self._per_ms == run[0] + len(run[1]) // width
+            and (width == 1 or not len(audio) % 2)
             and not self._closed
         ):
-            end = self._run_next[channel] + len(audio) // self._width
+            end = t_ms * self._per_ms + len(audio) // width
             if end - self._committed <= self._max_ahead:
                 run[1].extend(audio)
-                self._run_next[channel] = end
                 if len(run[1]) >= self._run_bytes:
                     self._settle(channel)
                 elif (
@@ -275,7 +274,6 @@ class Recorder:
             if run is not None:
                 self._settle(channel)
             run = self._runs[channel] = (start, bytearray(audio))
-        self._run_next[channel] = run[0] + len(run[1]) // width
         if len(run[1]) >= self._run_bytes:
             self._settle(channel)
         elif channel == _CALLER and self._horizon_if_settled() - self._committed >= self._flush_every:

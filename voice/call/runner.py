@@ -672,6 +672,11 @@ class CallRunner:
 
     # -- leg ------------------------------------------------------------------------------------------
 
+    @property
+    def _leg_idle(self) -> bool:
+        """No leg operation is queued or running: one done synchronously now keeps its place in the order."""
+        return not self._leg_busy and self._leg_q.empty()
+
     def _leg_op(self, op: _LegOp) -> None:
         self._leg_q.put_nowait(op)
 
@@ -804,10 +809,10 @@ class CallRunner:
         direct = self._direct
         if direct is None:
             return
-        if self._leg_busy or not self._leg_q.empty():
-            self._leg_op(functools.partial(_run_sync, direct.audio_stopped))
-        else:
+        if self._leg_idle:
             direct.audio_stopped()
+        else:
+            self._leg_op(functools.partial(_run_sync, direct.audio_stopped))
 
     def _take_injected(self) -> bytes | None:
         if not self._injected:
@@ -867,12 +872,7 @@ class CallRunner:
         # Straight to the leg when no operation is queued or running before it (order kept) and the leg can
         # send it now; otherwise the writer task plays it in turn.
         direct = self._direct
-        if (
-            direct is None
-            or self._leg_busy
-            or not self._leg_q.empty()
-            or not direct.play_now(frame, item_id, item_ms)
-        ):
+        if direct is None or not self._leg_idle or not direct.play_now(frame, item_id, item_ms):
             self._leg_op(functools.partial(self.leg.play, frame, item_id, item_ms))
         contiguous = now - self._sent_end_ms < _CONTIGUOUS_MS
         sent = self._sent_end_ms if contiguous else now
