@@ -50,3 +50,25 @@ def test_twilio_arrival_lateness_follows_the_audio_not_the_message_count() -> No
     arrivals = [(1.000, 0.04), (1.040, 0.04), (1.080, 0.02), (1.115, 0.04)]
     late = _arrival_lateness_ms([arrivals], 0.0, 2.0)
     assert [round(x, 6) for x in late] == [0.0, 0.0, 0.0, 15.0]
+
+
+def test_isolate_pins_the_service_and_the_peers_apart() -> None:
+    from voice.bench.common import isolate, peer_cpus
+
+    split = cpu_split()
+    if split is None:
+        pytest.skip("one CPU: nothing to split")
+    mine = os.sched_getaffinity(0)
+    service = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        where = isolate(service.pid, [peer.pid], "the peers")
+        assert os.sched_getaffinity(service.pid) == split[0]
+        assert os.sched_getaffinity(peer.pid) == split[1] == peer_cpus()
+        assert os.sched_getaffinity(0) == split[1]
+        assert where == f"service on CPUs {sorted(split[0])}, the peers on {sorted(split[1])}"
+    finally:
+        os.sched_setaffinity(0, mine)
+        for proc in (service, peer):
+            proc.kill()
+            proc.wait()

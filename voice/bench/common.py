@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -35,8 +36,10 @@ __all__ = [
     "cpu_s",
     "cpu_split",
     "free_port",
+    "isolate",
     "loadavg",
     "parse_frame",
+    "peer_cpus",
     "percentile",
     "pin",
     "preempted",
@@ -45,22 +48,42 @@ __all__ = [
 ]
 
 
-def cpu_split() -> tuple[set[int], set[int]] | None:
+@functools.cache
+def cpu_split() -> tuple[frozenset[int], frozenset[int]] | None:
     """``(the service's CPUs, the simulated peers' CPUs)``: the first CPU this process may use for the
     service, the others for the processes that stand for the Realtime API, Twilio and the callers, which in
-    production run on other machines. ``None`` on a machine with one CPU (everything shares it)."""
+    production run on other machines. ``None`` on a machine with one CPU (everything shares it). Worked out
+    once, before :func:`isolate` moves this process onto the peers' CPUs."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
-    return {cpus[0]}, set(cpus[1:])
+    return frozenset(cpus[:1]), frozenset(cpus[1:])
 
 
-def pin(pid: int, cpus: set[int]) -> None:
+def pin(pid: int, cpus: frozenset[int]) -> None:
     """Move every thread of process ``pid`` onto ``cpus`` (threads it starts later inherit it)."""
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):  # a thread that has just ended
                 os.sched_setaffinity(int(tid), cpus)
+
+
+def peer_cpus() -> frozenset[int] | None:
+    """The CPUs of the processes that stand for the service's peers (:func:`cpu_split`), if split."""
+    split = cpu_split()
+    return split[1] if split is not None else None
+
+
+def isolate(service_pid: int, peer_pids: list[int], peers: str) -> str:
+    """Pin the service to its CPU and ``peer_pids`` and this process (``peers``, for the message) to the
+    others (:func:`cpu_split`); returns where each runs, for the benchmark's heading."""
+    split = cpu_split()
+    if split is None:
+        return f"one CPU: the service and {peers} share it"
+    pin(service_pid, split[0])
+    for pid in [*peer_pids, os.getpid()]:
+        pin(pid, split[1])
+    return f"service on CPUs {sorted(split[0])}, {peers} on {sorted(split[1])}"
 
 
 def free_port() -> int:

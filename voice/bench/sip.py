@@ -57,9 +57,10 @@ from voice.bench.common import (
     PacerStats,
     Service,
     cpu_s,
-    cpu_split,
     free_port,
+    isolate,
     loadavg,
+    peer_cpus,
     percentile,
     pin,
     preempted,
@@ -639,9 +640,8 @@ def _e2e_size(
              "-trace_err", "-error_file", f"sipp{calls}.err"],
             cwd=work, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
-        split = cpu_split()
-        if split is not None:
-            pin(proc.pid, split[1])
+        if (cpus := peer_cpus()) is not None:
+            pin(proc.pid, cpus)
         stack.callback(_stop, proc, 0.0)  # SIPp is done by then; kill it if not (an error on the way)
         started = time.monotonic()
         live = 0
@@ -744,14 +744,7 @@ def run_e2e() -> None:
         upstream = f"ws://127.0.0.1:{engine_port}/v1/realtime"
         service = _start_sip_service(home, upstream, sip_port, rtp_min, rtp_max)
         stack.callback(_stop, service.proc, 30.0)
-        split = cpu_split()
-        if split is not None:
-            pin(service.proc.pid, split[0])
-            pin(engine.pid, split[1])
-            pin(os.getpid(), split[1])
-            where = f"service on CPUs {sorted(split[0])}, engine and SIPp on {sorted(split[1])}"
-        else:
-            where = "one CPU: service, engine and SIPp share it"
+        where = isolate(service.proc.pid, [engine.pid], "engine and SIPp")
         print(
             f"voice serve --upstream --sip-port {sip_port} (pid {service.proc.pid}, RTP ports "
             f"{rtp_min}-{rtp_max}); local engine, recognition off (pid {engine.pid}), standing for the "

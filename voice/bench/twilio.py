@@ -73,11 +73,11 @@ from voice.bench.common import (
     PacerStats,
     Service,
     cpu_s,
-    cpu_split,
     free_port,
+    isolate,
     loadavg,
+    peer_cpus,
     percentile,
-    pin,
     preempted,
     start_engine,
 )
@@ -636,7 +636,7 @@ async def _lean_callers(port: int, calls: int, conn: Connection) -> None:
     )
 
 
-def _caller_process(port: int, calls: int, conn: Connection, cpus: set[int] | None) -> None:
+def _caller_process(port: int, calls: int, conn: Connection, cpus: frozenset[int] | None) -> None:
     """The callers' process, on the peers' core(s) and at a lower scheduling priority: they stand for
     Twilio's media servers, which run elsewhere, and should not take the CPU from the service they measure."""
     with contextlib.suppress(OSError):
@@ -656,9 +656,7 @@ async def _recv(conn: Connection, limit_s: float) -> Any:
 async def _capacity(service: Service, engine_pid: int, calls: int) -> CapacityRow:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    split = cpu_split()
-    peers = split[1] if split is not None else None
-    proc = ctx.Process(target=_caller_process, args=(service.port, calls, child, peers), daemon=True)
+    proc = ctx.Process(target=_caller_process, args=(service.port, calls, child, peer_cpus()), daemon=True)
     rss0 = service.rss_mb()
     proc.start()
     try:
@@ -746,15 +744,7 @@ async def _bench() -> None:
             raise
         try:
             ready_s = time.monotonic() - started
-            split = cpu_split()
-            if split is not None:
-                service_cpus, peer_cpus = split
-                pin(service.proc.pid, service_cpus)
-                pin(engine.pid, peer_cpus)
-                pin(os.getpid(), peer_cpus)
-                where = f"service on CPUs {sorted(service_cpus)}, engine and callers on {sorted(peer_cpus)}"
-            else:
-                where = "one CPU: service, engine and callers share it"
+            where = isolate(service.proc.pid, [engine.pid], "engine and callers")
             print(
                 f"service: voice serve --upstream (pid {service.proc.pid}), ready in {ready_s:.1f} s; local "
                 f"engine with recognition off in its own process (pid {engine.pid}), standing for the "
