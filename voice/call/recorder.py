@@ -243,13 +243,7 @@ class Recorder:
             end = t_ms * self._per_ms + len(audio) // width
             if end - self._committed <= self._max_ahead:
                 run[1].extend(audio)
-                if len(run[1]) >= self._run_bytes:
-                    self._settle(channel)
-                elif (
-                    channel == _CALLER
-                    and max(self._end[_CALLER], end) - self._hold - self._committed >= self._flush_every
-                ):
-                    self._settle(_CALLER)
+                self._settle_if_due(channel, run[1])
                 return
         self._write_checked(channel, audio, t_ms)
 
@@ -274,10 +268,15 @@ class Recorder:
             if run is not None:
                 self._settle(channel)
             run = self._runs[channel] = (start, bytearray(audio))
-        if len(run[1]) >= self._run_bytes:
+        self._settle_if_due(channel, run[1])
+
+    def _settle_if_due(self, channel: Channel, gathered: bytearray) -> None:
+        """Place the channel's run once it is long enough, or the caller's once the horizon has moved far
+        enough to commit (as placing each write at once would)."""
+        if len(gathered) >= self._run_bytes:
             self._settle(channel)
         elif channel == _CALLER and self._horizon_if_settled() - self._committed >= self._flush_every:
-            self._settle(_CALLER)  # the horizon moved far enough: commit now, as placing at once would
+            self._settle(_CALLER)
 
     def _horizon_if_settled(self) -> int:
         """The horizon once the caller's gathered audio is placed."""
