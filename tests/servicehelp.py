@@ -153,16 +153,13 @@ async def browser_call(
                     if isinstance(message, bytes):
                         out.audio_bytes += len(message)
                         if current:
-                            played[current[0]] = played.get(current[0], 0) + len(message) // 48
-                            await ws.send(
-                                json.dumps(
-                                    {
-                                        "type": "playback",
-                                        "item_id": current[0],
-                                        "played_ms": played[current[0]],
-                                    }
-                                )
-                            )
+                            item = current[0]
+                            played[item] = played.get(item, 0) + len(message) // 48
+                            report = {"type": "playback", "item_id": item, "played_ms": played[item]}
+                            # Once the server has closed, a report cannot go out; what it sent before the
+                            # close (call.ended) is still to be read.
+                            with contextlib.suppress(websockets.ConnectionClosed):
+                                await ws.send(json.dumps(report))
                         continue
                     msg = json.loads(message)
                     out.messages.append(msg)

@@ -390,7 +390,9 @@ async def test_barge_in_clears_truncates_at_the_reported_position_and_cuts_the_r
     (truncate,) = up.events("conversation.item.truncate")
     heard = leg.frames("item_agent_1")[-1].item_ms - 60  # what the page reported last
     assert truncate["item_id"] == "item_agent_1"
-    assert truncate["audio_end_ms"] == heard
+    # The page's report of the frame played in the same loop pass as speech_started may still be queued
+    # behind it: the truncation is then at the report before (one frame earlier), never a guess.
+    assert truncate["audio_end_ms"] in (heard, heard - 20)
     assert leg.clears == 1
     assert metrics.BARGE_INS._value.get() == before + 1  # type: ignore[attr-defined]
     agent = next(e for e in store.transcript("call_barge") if e["kind"] == "agent")
