@@ -9,7 +9,8 @@
   :class:`~bridges.base.CallerAudio` (concealment frames included) with the caller's media clock in ms. The
   clock is one :class:`RtpClock` for all the sessions of a port pool (one timer instead of one per call),
   on absolute deadlines (no drift), ticking the sessions in four groups 5 ms apart (no burst of every
-  call's caller audio at once). RFC 4733 packets go to the
+  call's caller audio at once), just after the grid of the process's frame pacer (so a group's work never
+  delays the tick that sends every call's frame). RFC 4733 packets go to the
   :class:`~bridges.sip.telephone_event.TelephoneEventReceiver` and become one
   :class:`~bridges.base.CallerDtmf` per key; in-band tones in the decoded audio are detected too
   (:class:`voice.audio.dtmf.DtmfDetector`, about 80 µs per frame) when ``inband_dtmf`` is ``always``, or
@@ -60,6 +61,7 @@ from bridges.sip.sdp import NegotiatedMedia
 from bridges.sip.telephone_event import DtmfKey, TelephoneEventReceiver, TelephoneEventSender
 from voice.audio.dtmf import DtmfDetector
 from voice.audio.g711 import alaw_decode, ulaw_decode
+from voice.call.pacer import next_on_grid
 from voice.logs import get_logger
 
 __all__ = ["FRAME_MS", "RTCP_INTERVAL_S", "RtpClock", "RtpPortPool", "RtpSession"]
@@ -115,7 +117,7 @@ class RtpClock:
         self._next_group = (self._next_group + 1) % self.GROUPS
         if self._handle is None:
             loop = asyncio.get_running_loop()
-            self._deadline = loop.time() + _STEP_S
+            self._deadline = next_on_grid(loop.time(), _STEP_S, _AFTER_TICK_S)
             self._handle = loop.call_at(self._deadline, self._step)
 
     def remove(self, session: RtpSession) -> None:
@@ -134,11 +136,14 @@ class RtpClock:
         self._deadline += _STEP_S
         now = loop.time()
         if self._deadline < now - 0.2:  # a long stall: do not try to catch up
-            self._deadline = now + _STEP_S
+            self._deadline = next_on_grid(now, _STEP_S, _AFTER_TICK_S)
         self._handle = loop.call_at(self._deadline, self._step)
 
 
 _STEP_S: Final = FRAME_MS / 1000 / RtpClock.GROUPS
+_AFTER_TICK_S: Final = 0.0002
+"""The receive steps fall this long after the pacer's grid (one step just after each pacer tick, so
+that the tick, which sends every call's frame, never waits behind a group's receive work)."""
 
 
 class RtpPortPool:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from voice import metrics
-from voice.call.pacer import FramePacer
+from voice.call.pacer import FramePacer, next_on_grid
 
 
 async def test_ticks_every_frame_on_absolute_deadlines_without_drift() -> None:
@@ -117,6 +117,51 @@ async def test_start_is_idempotent_and_stop_without_start_is_fine() -> None:
     assert pacer.running
     await pacer.stop()
     assert not pacer.running
+
+
+async def test_ticks_run_straight_from_the_loop_on_the_frame_grid() -> None:
+    # A tick runs as the loop's own timer callback, not in a task (a task woken by a timer runs one loop
+    # pass later, after another poll's I/O), and deadlines are multiples of frame_ms on the clock.
+    pacer = FramePacer(20)
+    seen: list[tuple[int, asyncio.Task[object] | None]] = []
+    pacer.register("a", lambda now: seen.append((now, asyncio.current_task())))
+    async with pacer:
+        await asyncio.sleep(0.15)
+    assert len(seen) >= 5
+    assert all(task is None for _, task in seen)
+    assert all(now % 20 in (0, 19) for now, _ in seen)  # int ms of k * 0.02 s: 0, or 19 from float rounding
+
+
+async def test_stop_from_inside_a_tick_stops_ticking() -> None:
+    pacer = FramePacer(20)
+    stamps: list[int] = []
+    stopping: list[asyncio.Task[None]] = []
+
+    def tick(now: int) -> None:
+        stamps.append(now)
+        if len(stamps) == 2:
+            stopping.append(asyncio.ensure_future(pacer.stop()))
+
+    pacer.register("a", tick)
+    pacer.start()
+    await asyncio.sleep(0.15)
+    await asyncio.gather(*stopping)
+    assert len(stamps) == 2 and not pacer.running
+
+
+@pytest.mark.parametrize(
+    ("now", "period", "offset", "expected"),
+    [
+        (0.0, 0.02, 0.0, 0.02),
+        (0.031, 0.02, 0.0, 0.04),
+        (0.04, 0.02, 0.0, 0.06),
+        (1.0031, 0.005, 0.0002, 1.0052),
+    ],
+)
+def test_next_on_grid_is_the_first_grid_point_after_now(
+    now: float, period: float, offset: float, expected: float
+) -> None:
+    assert next_on_grid(now, period, offset) == pytest.approx(expected)
 
 
 def test_frame_ms_must_be_positive() -> None:

@@ -1,14 +1,17 @@
 """The process-wide 20 ms frame pacer (DESIGN.md "Adapters": they own time).
 
 Agent audio arrives from the upstream faster than real time (protocols.md §A.3) and must leave towards each
-caller at exactly one 20 ms frame per 20 ms. Rather than one timer per call, ONE asyncio task ticks every
+caller at exactly one 20 ms frame per 20 ms. Rather than one timer per call, ONE event-loop timer ticks every
 ``frame_ms`` for the whole process and calls each registered call's ``tick``: with a hundred calls that is
 one wake-up per frame period instead of a hundred, and every call sees the same clock.
 
-Deadlines are absolute (``start + n * frame_ms`` on a monotonic clock), so lateness never accumulates into
-drift. When the loop stalls (a garbage collection, a slow callback) the pacer catches up by ticking
-immediately, up to :attr:`FramePacer.max_catch_up` ticks; past that it drops the missed ticks and resumes on
-the grid (a burst of seconds of audio would only overflow the callers' buffers).
+Deadlines are absolute (multiples of ``frame_ms`` on a monotonic clock, see :func:`next_on_grid`), so
+lateness never accumulates into drift. When the loop stalls (a garbage collection, a slow callback) the
+pacer catches up by ticking immediately, up to :attr:`FramePacer.max_catch_up` ticks; past that it drops the
+missed ticks and resumes on the grid (a burst of seconds of audio would only overflow the callers' buffers).
+
+The tick is the loop's own timer callback, not a task: it runs in the loop pass its deadline falls in, after
+that pass's I/O callbacks, where a task woken by a timer would wait for the next pass and its I/O as well.
 
 Lateness (wake-up time minus deadline) of every tick is recorded in
 :data:`voice.metrics.FRAME_LATENESS`; ticks more than :data:`voice.metrics.LATE_THRESHOLD_MS` late count in
@@ -26,7 +29,6 @@ the call id and never stops the pacer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import time
 from collections import deque
@@ -36,7 +38,7 @@ from typing import Final
 from voice import metrics
 from voice.logs import get_logger
 
-__all__ = ["FramePacer", "TickFn"]
+__all__ = ["FramePacer", "TickFn", "next_on_grid"]
 
 TickFn = Callable[[int], Awaitable[None] | None]
 """A registered call's tick: called with the tick's deadline in ms on the pacer clock."""
@@ -44,8 +46,18 @@ TickFn = Callable[[int], Awaitable[None] | None]
 _LATENESS_KEEP: Final = 20_000
 
 
+def next_on_grid(now: float, period: float, offset: float = 0.0) -> float:
+    """The first time after ``now`` on the grid ``offset + k * period`` (seconds, any clock).
+
+    The pacer ticks on the grid of its period with offset 0 on the monotonic clock, the clock of asyncio's
+    loop. Other periodic work of the process (the SIP receive clock) places itself on the same grid with
+    an offset, so it never falls just before a tick and delays it.
+    """
+    return (int((now - offset) // period) + 1) * period + offset
+
+
 class FramePacer:
-    """One task ticking every ``frame_ms`` on absolute deadlines and calling each registered call's tick.
+    """One event-loop timer ticking every ``frame_ms`` on absolute deadlines, calling each call's tick.
 
     ``clock`` is a monotonic clock in seconds (default :func:`time.monotonic`, the same clock as asyncio's
     default loop); ``late_threshold_ms`` is the lateness that counts as a late frame.
@@ -67,7 +79,9 @@ class FramePacer:
         self._clock = clock
         self._ticks: dict[str, TickFn] = {}
         self._pending: dict[str, asyncio.Task[None]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.Handle | None = None
+        self._deadline = 0.0
         self._log = get_logger(component="pacer")
         self.ticks = 0
         """Ticks run since start."""
@@ -103,23 +117,23 @@ class FramePacer:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._handle is not None
 
     # -- life cycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the ticking task in the running event loop (idempotent)."""
+        """Start ticking in the running event loop (idempotent)."""
         if self.running:
             return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="frame-pacer")
+        self._loop = asyncio.get_running_loop()
+        self._deadline = next_on_grid(self._clock(), self.frame_ms / 1000)
+        self._arm()
 
     async def stop(self) -> None:
-        """Stop ticking and wait for the task (and any running tick tasks) to finish."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop ticking and wait for any running tick tasks to finish."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
         pending = list(self._pending.values())
         self._pending.clear()
         for t in pending:
@@ -136,25 +150,40 @@ class FramePacer:
 
     # -- the loop -----------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _arm(self) -> None:
+        """Schedule the next tick at ``self._deadline``, or at once when it has passed (catching up: the
+        loop still polls its sockets and runs what they made ready before the tick)."""
+        loop = self._loop
+        assert loop is not None
+        delay = self._deadline - self._clock()
+        if delay > 0:
+            self._handle = loop.call_later(delay, self._fire)
+        else:
+            self._handle = loop.call_soon(self._fire)
+
+    def _fire(self) -> None:
+        """The tick, run straight from the event loop's timer.
+
+        A plain timer callback rather than a task sleeping: a task woken by its timer only gets to run on
+        the loop's NEXT pass, after a further poll and every I/O callback that poll made ready. Under load
+        that pass is what the lateness is made of; here the tick runs in the pass its deadline falls in.
+        """
         period = self.frame_ms / 1000
-        deadline = self._clock() + period
-        while True:
-            delay = deadline - self._clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now = self._clock()
-            behind = now - deadline
-            if behind > self.max_catch_up * period:
-                missed = int(behind // period)
-                self.skipped_ticks += missed
-                self._log.warning("pacer.stalled", behind_ms=round(behind * 1000, 1), skipped=missed)
-                deadline += missed * period
-            self._record(max(0.0, (now - deadline) * 1000))
+        deadline = self._deadline
+        now = self._clock()
+        behind = now - deadline
+        if behind > self.max_catch_up * period:
+            missed = int(behind // period)
+            self.skipped_ticks += missed
+            self._log.warning("pacer.stalled", behind_ms=round(behind * 1000, 1), skipped=missed)
+            deadline += missed * period
+        self._record(max(0.0, (now - deadline) * 1000))
+        try:
             self._tick_all(int(deadline * 1000))
-            deadline += period
-            if delay <= 0:
-                await asyncio.sleep(0)  # catching up: still let other tasks run between ticks
+        finally:
+            self._deadline = deadline + period
+            if self._handle is not None:  # not stopped by a tick
+                self._arm()
 
     def _record(self, late_ms: float) -> None:
         self.ticks += 1

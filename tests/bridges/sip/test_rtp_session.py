@@ -7,6 +7,8 @@ import asyncio
 import itertools
 import random
 
+import pytest
+
 from bridges.base import CallerAudio, CallerDtmf, LegEvent
 from bridges.sip.rtp import RtcpSenderReport, RtpPacket, RtpSender, parse_rtcp
 from bridges.sip.rtp_session import RtpClock, RtpPortPool
@@ -143,6 +145,9 @@ async def test_one_clock_ticks_every_session_every_20ms_in_groups_5ms_apart() ->
         assert abs((s.at[-1] - s.at[0]) / (len(s.at) - 1) - 0.020) < 0.002
     first = sorted(s.at[0] for s in sessions[:4])  # one session per group: 5 ms apart
     assert all(0.003 < b - a < 0.008 for a, b in itertools.pairwise(first))
+    # Steps fall just after the frame pacer's 20 ms grid and every 5 ms from there, never just before a tick.
+    steps = (clock._deadline - 0.0002) / 0.005
+    assert steps == pytest.approx(round(steps), abs=1e-6)
     for session in sessions:
         clock.remove(session)  # type: ignore[arg-type]
     assert len(clock) == 0 and clock._handle is None
