@@ -25,12 +25,15 @@ protocol (handshake, ASGI, keepalive, closing) and changes three things on the p
 
 from __future__ import annotations
 
+from asyncio import BaseTransport
 from collections.abc import Callable
 from typing import Any, Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
+
+from voice.readsize import small_reads
 
 try:
     from websockets.speedups import apply_mask  # the C version
@@ -122,6 +125,10 @@ class StreamingWSProtocol(WebSocketsSansIOProtocol):
         self.text_handler: TextHandler | None = None
         self._direct_parsing = False
         self._pending = bytearray()
+
+    def connection_made(self, transport: BaseTransport) -> None:
+        small_reads(transport)
+        super().connection_made(transport)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

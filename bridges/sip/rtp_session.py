@@ -63,6 +63,7 @@ from voice.audio.dtmf import DtmfDetector
 from voice.audio.g711 import alaw_decode, ulaw_decode
 from voice.call.pacer import next_on_grid
 from voice.logs import get_logger
+from voice.readsize import small_reads
 
 __all__ = ["FRAME_MS", "RTCP_INTERVAL_S", "RtpClock", "RtpPortPool", "RtpSession"]
 
@@ -80,6 +81,7 @@ class _Rtp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        small_reads(transport)  # a packet every 20 ms: not a 256 KiB allocation per read
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:

@@ -19,6 +19,7 @@ from typing import Literal, TypeAlias, cast
 
 from bridges.sip.message import SipFramingError, SipMessage, SipParseError, SipStreamFramer, parse_message
 from voice.logs import get_logger
+from voice.readsize import small_reads
 
 __all__ = ["MessageHandler", "Peer", "SipTransports", "TransportName"]
 
@@ -45,6 +46,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        small_reads(transport)
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
@@ -69,6 +71,7 @@ class _TcpConnection(asyncio.Protocol):
         self.peer: Peer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        small_reads(transport)
         self.transport = cast(asyncio.Transport, transport)
         host, port = transport.get_extra_info("peername")[:2]
         self.peer = Peer("tcp", str(host), int(port))

@@ -53,6 +53,7 @@ from voice.errors import (
 )
 from voice.jsontext import plain
 from voice.logs import get_logger
+from voice.readsize import small_reads
 from voice.realtime.events import MalformedServerEvent, ServerEvent, UnknownServerEvent, parse_server_event
 
 OPENAI_REALTIME_URL: Final = "wss://api.openai.com/v1/realtime"
@@ -248,6 +249,7 @@ class RealtimeConnection:
         except (OSError, InvalidHandshake) as exc:
             log.warning("realtime.connect_failed", error=str(exc))
             raise UpstreamConnectError(f"cannot connect to {shown}: {exc}") from None
+        small_reads(ws.transport)
         log.info("realtime.connected")
         return cls(ws, url=shown, logger=log)
 

@@ -15,6 +15,7 @@ from bridges.sip.rtp_session import RtpClock, RtpPortPool
 from bridges.sip.sdp import Codec, NegotiatedMedia
 from bridges.sip.telephone_event import TelephoneEvent
 from tests.bridges.sip.sipp import free_even_port
+from voice.readsize import READ_SIZE
 
 
 class Peer(asyncio.DatagramProtocol):
@@ -55,6 +56,7 @@ async def test_reordered_and_lost_packets_play_in_order_and_symmetric_rtp() -> N
     base = free_even_port()
     pool = RtpPortPool("127.0.0.1", base, base + 10)
     session = await pool.open("call_test")
+    assert getattr(session._rtp, "max_size", None) == READ_SIZE  # no 256 KiB allocation per packet
     # The SDP names a port nobody listens on: we must answer where the packets really come from.
     transport, peer = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
     session.configure(media(9))
