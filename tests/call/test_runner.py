@@ -5,6 +5,7 @@ WebSocket caller are in tests/e2e/."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import wave
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from voice import metrics
 from voice.call.agent_tools import restaurant_registry
 from voice.call.cost import BUDGET_WARNING_INSTRUCTIONS
 from voice.call.pacer import FramePacer
+from voice.call.recorder import Recorder
 from voice.call.runner import CallRunner
 from voice.call.upstream import Backoff, UpstreamOpener
 from voice.config import Settings
@@ -521,3 +523,45 @@ async def test_caller_audio_with_a_jittery_media_clock_is_recorded_without_gaps(
     assert (last - first + 1) / rate == pytest.approx(1.0, abs=0.003)  # one second, no gap, no overlap
     silent_runs = np.diff(voiced)
     assert silent_runs.max() <= 3  # only the sine's own zero crossings
+
+
+async def test_the_recording_file_is_brought_up_to_date_about_once_a_second(
+    tmp_path: Path,
+    profile: AgentProfile,
+    store: CallStore,
+    pacer: FramePacer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each update of the file is a write and a header rewrite: while the caller's audio keeps the file up
+    to date, the housekeeping timer adds none, and the file never falls more than hold + 1 s behind."""
+    commits: list[tuple[int, int]] = []  # (call clock, committed ms) after each update
+    original = Recorder._commit
+
+    def counting(self: Recorder, upto: int) -> None:
+        before = self.committed_ms
+        original(self, upto)
+        if self.committed_ms != before:
+            commits.append((runner.now_ms(), self.committed_ms))
+
+    monkeypatch.setattr(Recorder, "_commit", counting)
+    codec: AudioCodec = "pcmu"
+    async with FakeUpstream(reply_ms=100, codec=codec) as up:
+        settings = settings_for(tmp_path, up.url)
+        leg = FakeLeg("call_commits", codec)
+        runner = make_runner(leg, profile, settings, store, pacer)
+        task = asyncio.create_task(runner.run())
+        await until(lambda: runner.state == "live")
+        speech = tone(3500, codec)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for k in range(175):  # 3.5 s of caller audio at real-time pace
+            leg.inbox.put_nowait(CallerAudio(speech[k * 160 : (k + 1) * 160], 20 * k))
+            await asyncio.sleep(max(0.0, start + 0.02 * (k + 1) - loop.time()))
+        live = list(commits)
+        leg.inbox.put_nowait(LegHangup("bye"))
+        await asyncio.wait_for(task, 5)
+    assert 2 <= len(live) <= 4, live  # about one a second, not one per caller commit plus one per timer
+    for (_, first), (_, second) in itertools.pairwise(live):
+        assert second - first >= 900  # each update moves the file by about a second
+    at, committed = live[-1]
+    assert at - committed <= 500 + 1000 + 100

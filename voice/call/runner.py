@@ -138,6 +138,9 @@ APOLOGY: Final = "Sorry, we are having technical trouble and have to end this ca
 _LegOp: TypeAlias = Callable[[], Awaitable[None]]
 _HOUSEKEEPING_S: Final = 0.25
 _RECORDER_FLUSH_MS: Final = 1000
+"""How often the recording's file is brought up to date (a write and a header rewrite): what the caller's
+audio moves forward, or the housekeeping timer when the file has fallen this far behind (a leg that sends
+no caller audio). A killed process loses at most this plus the hold."""
 _RECORDER_HOLD_MS: Final = 500
 _RECORDER_RUN_MS: Final = 500
 """Audio the recorder gathers per channel before decoding and placing it (as often as it commits)."""
@@ -432,6 +435,7 @@ class CallRunner:
                 self.recording_path,
                 sample_rate(self.codec),
                 hold_ms=_RECORDER_HOLD_MS,
+                flush_every_ms=_RECORDER_FLUSH_MS,
                 run_ms=_RECORDER_RUN_MS,
                 codec="pcm16" if self.codec == "pcm16_24k" else self.codec,
             )
@@ -1071,7 +1075,8 @@ class CallRunner:
             ):
                 self._last_flush_ms = now
                 upto = now - _RECORDER_HOLD_MS
-                if upto > self.recorder.committed_ms:
+                # Only when the caller's audio has not kept the file up to date (it commits as it flows).
+                if upto - self.recorder.committed_ms >= _RECORDER_FLUSH_MS:
                     try:
                         self.recorder.flush(upto_ms=upto)
                     except VoiceError as exc:
