@@ -70,6 +70,7 @@ from voice.call.tools import ToolRegistry
 from voice.call.upstream import UpstreamOpener
 from voice.config import Settings
 from voice.errors import ConfigError, RecordError, UpstreamError, VoiceError
+from voice.eventloop import loop_factory
 from voice.gcpolicy import tune_gc
 from voice.httputil import client_host as _client_host
 from voice.httputil import error_response as _error
@@ -796,6 +797,7 @@ async def _serve(settings: Settings, announce: Callable[[str], None]) -> None:
 def run(settings: Settings) -> None:
     """Blocking entry point for the CLI."""
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(settings))
     except KeyboardInterrupt:  # a forced exit (third signal)
         print("voice: stopped", file=sys.stderr)
