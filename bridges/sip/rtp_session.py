@@ -8,7 +8,7 @@
   :class:`~bridges.sip.jitter.JitterBuffer`; a 20 ms clock pops one frame per tick and emits
   :class:`~bridges.base.CallerAudio` (concealment frames included) with the caller's media clock in ms. The
   clock is one :class:`RtpClock` for all the sessions of a port pool (one timer instead of one per call),
-  on absolute deadlines (no drift), ticking the sessions in four groups 5 ms apart (no burst of every
+  on absolute deadlines (no drift), ticking the sessions in four groups 3 ms apart (no burst of every
   call's caller audio at once), just after the grid of the process's frame pacer (so a group's work never
   delays the tick that sends every call's frame). RFC 4733 packets go to the
   :class:`~bridges.sip.telephone_event.TelephoneEventReceiver` and become one
@@ -108,6 +108,7 @@ class RtpClock:
         self._groups: list[dict[RtpSession, None]] = [{} for _ in range(self.GROUPS)]
         self._next_group = 0
         self._phase = 0
+        self._period = 0.0  # the pacer tick that starts the current round of groups (loop clock)
         self._deadline = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
@@ -119,7 +120,9 @@ class RtpClock:
         self._next_group = (self._next_group + 1) % self.GROUPS
         if self._handle is None:
             loop = asyncio.get_running_loop()
-            self._deadline = next_on_grid(loop.time(), _STEP_S, _AFTER_TICK_S)
+            self._period = next_on_grid(loop.time(), _PERIOD_S)
+            self._phase = 0
+            self._deadline = self._period + _OFFSETS_S[0]
             self._handle = loop.call_at(self._deadline, self._step)
 
     def remove(self, session: RtpSession) -> None:
@@ -132,20 +135,25 @@ class RtpClock:
     def _step(self) -> None:
         loop = asyncio.get_running_loop()
         group = self._groups[self._phase]
-        self._phase = (self._phase + 1) % self.GROUPS
+        self._phase += 1
+        if self._phase == self.GROUPS:
+            self._phase = 0
+            self._period += _PERIOD_S
         for session in list(group):
             session._tick()
-        self._deadline += _STEP_S
         now = loop.time()
-        if self._deadline < now - 0.2:  # a long stall: do not try to catch up
-            self._deadline = next_on_grid(now, _STEP_S, _AFTER_TICK_S)
+        if self._period + _OFFSETS_S[self._phase] < now - 0.2:  # a long stall: do not try to catch up
+            self._period = next_on_grid(now, _PERIOD_S)
+        self._deadline = self._period + _OFFSETS_S[self._phase]
         self._handle = loop.call_at(self._deadline, self._step)
 
 
-_STEP_S: Final = FRAME_MS / 1000 / RtpClock.GROUPS
-_AFTER_TICK_S: Final = 0.0002
-"""The receive steps fall this long after the pacer's grid (one step just after each pacer tick, so
-that the tick, which sends every call's frame, never waits behind a group's receive work)."""
+_PERIOD_S: Final = FRAME_MS / 1000
+_OFFSETS_S: Final = (0.0002, 0.0032, 0.0062, 0.0092)
+"""When each group's step falls after a tick of the frame pacer (whose ticks fall on the same 20 ms grid
+of the loop's clock): the first just after the tick, the rest 3 ms apart, all in the first half of the
+period. The tick, which sends every call's frame, never waits behind a group's receive work, and the
+I/O that gathers while the groups run is done well before the next tick."""
 
 
 class RtpPortPool:

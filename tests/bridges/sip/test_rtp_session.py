@@ -133,7 +133,7 @@ class _Ticked:
         self.at.append(asyncio.get_running_loop().time())
 
 
-async def test_one_clock_ticks_every_session_every_20ms_in_groups_5ms_apart() -> None:
+async def test_one_clock_ticks_every_session_every_20ms_in_groups_after_the_pacer_tick() -> None:
 
     clock = RtpClock()
     sessions = [_Ticked() for _ in range(8)]
@@ -145,11 +145,14 @@ async def test_one_clock_ticks_every_session_every_20ms_in_groups_5ms_apart() ->
     assert all(19 <= n <= 21 for n in counts), counts
     for s in sessions:  # absolute deadlines: 20 ms apart on average, no drift
         assert abs((s.at[-1] - s.at[0]) / (len(s.at) - 1) - 0.020) < 0.002
-    first = sorted(s.at[0] for s in sessions[:4])  # one session per group: 5 ms apart
-    assert all(0.003 < b - a < 0.008 for a, b in itertools.pairwise(first))
-    # Steps fall just after the frame pacer's 20 ms grid and every 5 ms from there, never just before a tick.
-    steps = (clock._deadline - 0.0002) / 0.005
-    assert steps == pytest.approx(round(steps), abs=1e-6)
+    first = sorted(s.at[0] for s in sessions[:4])  # one session per group: 3 ms apart
+    assert all(0.0015 < b - a < 0.006 for a, b in itertools.pairwise(first))
+    # A round starts on the frame pacer's 20 ms grid; its steps fall 0.2, 3.2, 6.2 and 9.2 ms after the
+    # tick, all in the first half of the period: none just before the next tick.
+    periods = clock._period / 0.02
+    assert periods == pytest.approx(round(periods), abs=1e-6)
+    offset = clock._deadline - clock._period
+    assert any(offset == pytest.approx(o, abs=1e-6) for o in (0.0002, 0.0032, 0.0062, 0.0092))
     for session in sessions:
         clock.remove(session)  # type: ignore[arg-type]
     assert len(clock) == 0 and clock._handle is None
