@@ -52,6 +52,50 @@ def test_twilio_arrival_lateness_follows_the_audio_not_the_message_count() -> No
     assert [round(x, 6) for x in late] == [0.0, 0.0, 0.0, 15.0]
 
 
+def test_twilio_arrival_lateness_does_not_count_the_pause_between_two_agent_items() -> None:
+    from voice.bench.twilio import _arrival_lateness_ms
+
+    # One item of three frames, a 50 ms pause (under the 100 ms gap), a second item of two frames.
+    arrivals = [(1.000, 0.02), (1.020, 0.02), (1.040, 0.02), (1.110, 0.02), (1.131, 0.02)]
+    late = _arrival_lateness_ms([arrivals], 0.0, 2.0, [{3}])
+    assert [round(x, 6) for x in late] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    joined = _arrival_lateness_ms([arrivals], 0.0, 2.0)  # without the item start: the pause counts
+    assert round(joined[3], 6) == 50.0
+
+
+async def test_lean_twilio_caller_learns_where_items_start_from_the_marks() -> None:
+    import base64
+    import json
+
+    from voice.bench.twilio import LeanTwilio
+
+    caller = LeanTwilio("127.0.0.1", 9, "call_x")
+    frame = base64.b64encode(bytes(160)).decode()
+
+    def receive(message: dict[str, object]) -> None:
+        caller._on_message(json.dumps(message).encode())
+
+    def media() -> None:
+        receive({"event": "media", "media": {"payload": frame}})
+
+    def mark(name: str) -> None:
+        receive({"event": "mark", "mark": {"name": name}})
+
+    for _ in range(5):
+        media()
+    mark("m5:item_a:100")
+    media()
+    media()
+    mark("m7:item_a:140")  # the end of item a (marked at the item change)
+    for _ in range(5):
+        media()
+    mark("m12:item_b:100")  # the first mark of item b: its frames began after item a's last mark
+    assert caller.item_starts == {7}
+    assert not caller.errors
+    for handle in caller._pending.values():  # the mark echoes it would send: nothing is connected
+        handle.cancel()
+
+
 def test_isolate_pins_the_service_and_the_peers_apart() -> None:
     from voice.bench.common import isolate, peer_cpus
 

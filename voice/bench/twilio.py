@@ -477,6 +477,10 @@ class LeanTwilio(LeanWebSocket):
         self.queued_until = 0.0
         self.arrivals: list[tuple[float, float]] = []
         """``(arrival time, seconds of audio)`` of each agent ``media`` message."""
+        self.item_starts: set[int] = set()
+        """Indexes in :attr:`arrivals` where a new agent item starts (learnt from the marks' names)."""
+        self._mark_item: str | None = None
+        self._mark_index = 0
         self._pending: dict[str, asyncio.TimerHandle] = {}
 
     def _next_seq(self) -> int:
@@ -508,6 +512,14 @@ class LeanTwilio(LeanWebSocket):
             elif event == "mark":
                 name = str(message["mark"]["name"])
                 self._pending[name] = self.loop.call_at(self.queued_until, self._echo, name)
+                # "<seq>:<item>:<ms>": the service marks the end of each item, so the media after the
+                # previous mark of another item are the new item's.
+                item = name.split(":")[1] if name.count(":") == 2 else None
+                if item is not None and item != self._mark_item:
+                    if self._mark_item is not None:
+                        self.item_starts.add(self._mark_index)
+                    self._mark_item = item
+                self._mark_index = len(self.arrivals)
             elif event == "clear":
                 self.queued_until = now
                 for name, handle in list(self._pending.items()):
@@ -551,17 +563,23 @@ _SILENCE_B64: Final = base64.b64encode(SILENCE).decode("ascii")
 
 
 def _arrival_lateness_ms(
-    arrivals: list[list[tuple[float, float]]], since: float, until: float
+    arrivals: list[list[tuple[float, float]]],
+    since: float,
+    until: float,
+    item_starts: list[set[int]] | None = None,
 ) -> list[float]:
-    """Agent audio's arrival lateness at the callers: within each run of messages (gaps < 100 ms), each
-    message's arrival against the time its audio starts on the run's timeline, anchored at the run's
-    earliest-running message (a message may carry one 20 ms frame or several)."""
+    """Agent audio's arrival lateness at the callers: within each run of messages (one agent item, gaps <
+    100 ms), each message's arrival against the time its audio starts on the run's timeline, anchored at
+    the run's earliest-running message (a message may carry one 20 ms frame or several). ``item_starts``
+    per caller: indexes of the messages that start a new item (the pause between two items is the
+    agent's, not lateness)."""
     out: list[float] = []
-    for caller in arrivals:
-        timed = [(t, d) for t, d in caller if since <= t <= until]
+    for n, caller in enumerate(arrivals):
+        starts = item_starts[n] if item_starts is not None else set()
+        timed = [(t, d, k in starts) for k, (t, d) in enumerate(caller) if since <= t <= until]
         run: list[tuple[float, float]] = []
-        for t, d in [*timed, (float("inf"), 0.0)]:
-            if run and t - run[-1][0] > 0.1:
+        for t, d, starts_item in [*timed, (float("inf"), 0.0, True)]:
+            if run and (starts_item or t - run[-1][0] > 0.1):
                 offsets: list[float] = []
                 audio = 0.0
                 for arrival, duration in run:
@@ -620,7 +638,7 @@ async def _lean_callers(port: int, calls: int, conn: Connection) -> None:
         caller.stop()
     await asyncio.sleep(1.0)
     task.cancel()
-    lateness = _arrival_lateness_ms([c.arrivals for c in callers], t0, t1)
+    lateness = _arrival_lateness_ms([c.arrivals for c in callers], t0, t1, [c.item_starts for c in callers])
     in_window = sum(d for c in callers for t, d in c.arrivals if t0 <= t <= t1) / FRAME_S  # frames
     conn.send(
         (
