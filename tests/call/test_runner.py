@@ -88,6 +88,26 @@ async def until(cond: Callable[[], Any], limit_s: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
+async def start_live(
+    leg: FakeLeg, settings: Settings, profile: AgentProfile, store: CallStore, pacer: FramePacer
+) -> tuple[CallRunner, asyncio.Task[None]]:
+    """A runner for ``leg`` running in a task, once its call is live."""
+    runner = make_runner(leg, profile, settings, store, pacer)
+    task = asyncio.create_task(runner.run())
+    await until(lambda: runner.state == "live")
+    return runner, task
+
+
+async def pace_caller(leg: FakeLeg, audio: bytes, media_ms: Callable[[int], int] = lambda k: 20 * k) -> None:
+    """Hand ``audio`` (G.711) to the call as a caller would: a 20 ms frame every 20 ms, frame ``k``
+    stamped ``media_ms(k)``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for k in range(len(audio) // 160):
+        leg.inbox.put_nowait(CallerAudio(audio[k * 160 : (k + 1) * 160], media_ms(k)))
+        await asyncio.sleep(max(0.0, start + 0.02 * (k + 1) - loop.time()))
+
+
 def read_stereo(path: Path) -> tuple[np.ndarray[Any, Any], int]:
     with wave.open(str(path), "rb") as w:
         assert w.getnchannels() == 2 and w.getsampwidth() == 2
@@ -500,18 +520,10 @@ async def test_caller_audio_with_a_jittery_media_clock_is_recorded_without_gaps(
     """Media timestamps that wander by a few ms (Twilio's do) still give one unbroken caller channel."""
     codec: AudioCodec = "pcmu"
     async with FakeUpstream(reply_ms=100, codec=codec) as up:
-        settings = settings_for(tmp_path, up.url)
         leg = FakeLeg("call_jitter", codec)
-        runner = make_runner(leg, profile, settings, store, pacer)
-        task = asyncio.create_task(runner.run())
-        await until(lambda: runner.state == "live")
-        speech = tone(1000, codec)
+        _runner, task = await start_live(leg, settings_for(tmp_path, up.url), profile, store, pacer)
         jitter = [0, 3, -2, 4, -4, 1, 0, -3, 2, 5]
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for k in range(50):
-            leg.inbox.put_nowait(CallerAudio(speech[k * 160 : (k + 1) * 160], 20 * k + jitter[k % 10]))
-            await asyncio.sleep(max(0.0, start + 0.02 * (k + 1) - loop.time()))
+        await pace_caller(leg, tone(1000, codec), lambda k: 20 * k + jitter[k % 10])
         await asyncio.sleep(0.1)
         leg.inbox.put_nowait(LegHangup("bye"))
         await asyncio.wait_for(task, 5)
@@ -546,17 +558,9 @@ async def test_the_recording_file_is_brought_up_to_date_about_once_a_second(
     monkeypatch.setattr(Recorder, "_commit", counting)
     codec: AudioCodec = "pcmu"
     async with FakeUpstream(reply_ms=100, codec=codec) as up:
-        settings = settings_for(tmp_path, up.url)
         leg = FakeLeg("call_commits", codec)
-        runner = make_runner(leg, profile, settings, store, pacer)
-        task = asyncio.create_task(runner.run())
-        await until(lambda: runner.state == "live")
-        speech = tone(3500, codec)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for k in range(175):  # 3.5 s of caller audio at real-time pace
-            leg.inbox.put_nowait(CallerAudio(speech[k * 160 : (k + 1) * 160], 20 * k))
-            await asyncio.sleep(max(0.0, start + 0.02 * (k + 1) - loop.time()))
+        runner, task = await start_live(leg, settings_for(tmp_path, up.url), profile, store, pacer)
+        await pace_caller(leg, tone(3500, codec))
         live = list(commits)
         leg.inbox.put_nowait(LegHangup("bye"))
         await asyncio.wait_for(task, 5)
