@@ -109,7 +109,6 @@ class RtpClock:
         self._next_group = 0
         self._phase = 0
         self._period = 0.0  # the pacer tick that starts the current round of groups (loop clock)
-        self._deadline = 0.0
         self._handle: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
@@ -122,8 +121,7 @@ class RtpClock:
             loop = asyncio.get_running_loop()
             self._period = next_on_grid(loop.time(), _PERIOD_S)
             self._phase = 0
-            self._deadline = self._period + _OFFSETS_S[0]
-            self._handle = loop.call_at(self._deadline, self._step)
+            self._handle = loop.call_at(self._period + _OFFSETS_S[0], self._step)
 
     def remove(self, session: RtpSession) -> None:
         for group in self._groups:
@@ -144,8 +142,7 @@ class RtpClock:
         now = loop.time()
         if self._period + _OFFSETS_S[self._phase] < now - 0.2:  # a long stall: do not try to catch up
             self._period = next_on_grid(now, _PERIOD_S)
-        self._deadline = self._period + _OFFSETS_S[self._phase]
-        self._handle = loop.call_at(self._deadline, self._step)
+        self._handle = loop.call_at(self._period + _OFFSETS_S[self._phase], self._step)
 
 
 _PERIOD_S: Final = FRAME_MS / 1000

@@ -151,7 +151,8 @@ async def test_one_clock_ticks_every_session_every_20ms_in_groups_after_the_pace
     # tick, all in the first half of the period: none just before the next tick.
     periods = clock._period / 0.02
     assert periods == pytest.approx(round(periods), abs=1e-6)
-    offset = clock._deadline - clock._period
+    assert clock._handle is not None
+    offset = clock._handle.when() - clock._period
     assert any(offset == pytest.approx(o, abs=1e-6) for o in (0.0002, 0.0032, 0.0062, 0.0092))
     for session in sessions:
         clock.remove(session)  # type: ignore[arg-type]
