@@ -10,8 +10,9 @@ lateness never accumulates into drift. When the loop stalls (a garbage collectio
 pacer catches up by ticking immediately, up to :attr:`FramePacer.max_catch_up` ticks; past that it drops the
 missed ticks and resumes on the grid (a burst of seconds of audio would only overflow the callers' buffers).
 
-The tick is the loop's own timer callback, not a task: it runs in the loop pass its deadline falls in, after
-that pass's I/O callbacks, where a task woken by a timer would wait for the next pass and its I/O as well.
+The tick is the loop's own timer callback, not a task: it runs in the loop pass its deadline falls in, where
+a task woken by a timer would wait for the next pass and its I/O as well. asyncio's loop runs it after that
+pass's I/O callbacks; the service's loop (:mod:`voice.eventloop`) before them.
 
 Lateness (wake-up time minus deadline) of every tick is recorded in
 :data:`voice.metrics.FRAME_LATENESS`; ticks more than :data:`voice.metrics.LATE_THRESHOLD_MS` late count in
@@ -166,7 +167,8 @@ class FramePacer:
 
         A plain timer callback rather than a task sleeping: a task woken by its timer only gets to run on
         the loop's NEXT pass, after a further poll and every I/O callback that poll made ready. Under load
-        that pass is what the lateness is made of; here the tick runs in the pass its deadline falls in.
+        that pass is what the lateness is made of; here the tick runs in the pass its deadline falls in
+        (module docstring).
         """
         period = self.frame_ms / 1000
         deadline = self._deadline

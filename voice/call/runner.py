@@ -143,7 +143,7 @@ audio moves forward, or the housekeeping timer when the file has fallen this far
 no caller audio). A killed process loses at most this plus the hold."""
 _RECORDER_HOLD_MS: Final = 500
 _RECORDER_RUN_MS: Final = 500
-"""Audio the recorder gathers per channel before decoding and placing it (as often as it commits)."""
+"""Audio the recorder gathers per channel before decoding and placing it (twice per file update)."""
 _COST_EVERY_MS: Final = 5000
 _LEG_BACKLOG_WARN: Final = 250  # 5 s of frames
 _LEG_BACKLOG_FAIL: Final = 3000  # 60 s: the leg is not taking anything any more
