@@ -33,7 +33,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MarkClock", "MarkEcho", "SentChunk"]
+__all__ = ["MarkClock", "MarkEcho", "SentChunk", "mark_item"]
 
 _MULAW_BYTES_PER_MS: Final = 8
 
@@ -123,6 +123,7 @@ class MarkClock:
             item_start = min(previous, end_item) if previous is not None else max(0, end_item - duration)
             self._item_pos[item_id] = end_item
         name = f"{self.prefix}{self._seq}" + (f":{item_id}:{end_item}" if item_id is not None else "")
+        # (mark_item reads the item back out of this name)
         self._outstanding[name] = SentChunk(
             name=name,
             start_ms=start,
@@ -228,3 +229,10 @@ class MarkClock:
         if last is not None and last.item_id is not None:
             return last.item_id, last.item_ms
         return None
+
+
+def mark_item(name: str) -> str | None:
+    """The agent item of a mark named by :meth:`MarkClock.sent` (``<seq>:<item>:<ms>``); ``None`` for a
+    chunk that was not agent audio (DTMF tones) or a name of another shape."""
+    parts = name.split(":")
+    return parts[1] if len(parts) == 3 else None

@@ -54,6 +54,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bridges.twilio.errors import TwilioProtocolError
+from bridges.twilio.marks import mark_item
 from bridges.twilio.protocol import (
     Clear,
     Connected,
@@ -512,9 +513,9 @@ class LeanTwilio(LeanWebSocket):
             elif event == "mark":
                 name = str(message["mark"]["name"])
                 self._pending[name] = self.loop.call_at(self.queued_until, self._echo, name)
-                # "<seq>:<item>:<ms>": the service marks the end of each item, so the media after the
-                # previous mark of another item are the new item's.
-                item = name.split(":")[1] if name.count(":") == 2 else None
+                # The service marks the end of each item, so the media after the previous mark of another
+                # item are the new item's.
+                item = mark_item(name)
                 if item is not None and item != self._mark_item:
                     if self._mark_item is not None:
                         self.item_starts.add(self._mark_index)

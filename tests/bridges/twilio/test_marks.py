@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridges.twilio.marks import MarkClock, MarkEcho
+from bridges.twilio.marks import MarkClock, MarkEcho, mark_item
 
 FRAME = 160  # 20 ms of µ-law
 
@@ -196,3 +196,12 @@ def test_clear_waits_only_for_the_marks_that_were_sent() -> None:
     assert clock.echoed(names[4], 31) == MarkEcho(names[4], "item_a", 100, played=False, position_ms=30)
     assert clock.echoed(names[9], 31) is not None and clock.awaiting_clear_echoes == 0
     assert clock.echoed(names[11], 31) is None  # never marked, never expected
+
+
+def test_mark_item_reads_the_item_back_out_of_a_marks_name() -> None:
+    clock = MarkClock(prefix="m")
+    agent = clock.sent(800, 0, "item_abc", 100)
+    tones = clock.sent(800, 100)  # DTMF tones: no item
+    assert mark_item(agent) == "item_abc"
+    assert mark_item(tones) is None
+    assert mark_item("something else") is None
