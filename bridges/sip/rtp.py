@@ -71,6 +71,7 @@ NTP_UNIX_OFFSET: Final = 2_208_988_800
 
 _SEQ_MOD: Final = 1 << 16
 _TS_MOD: Final = 1 << 32
+_REPORT_BLOCK_FORMAT: Final = "!IB3sIIII"
 
 
 class RtpParseError(RemoteProtocolError):
@@ -143,6 +144,10 @@ def _check_range(name: str, value: int, bits: int) -> None:
         raise LocalProtocolError(f"RTP {name} out of range: {value}")
 
 
+_COMPILED: Final = type(_check_range).__name__ != "function"
+"""This module was compiled by mypyc: its functions are not Python functions."""
+
+
 @dataclass(frozen=True, slots=True)
 class RtpExtension:
     """The RTP header extension (RFC 3550 §5.3.1): a 16-bit profile value and 32-bit words of data."""
@@ -196,7 +201,12 @@ class RtpPacket:
     ) -> RtpPacket:
         """A packet whose fields cannot be out of range (read from the header's fixed-width fields, or
         numbered by an :class:`RtpSender`): the checks of ``__post_init__`` are skipped, as a packet is
-        made for every 20 ms frame each way."""
+        made for every 20 ms frame each way. Compiled (``voice.native``), the class is built natively and
+        its constructor is cheap; interpreted, the instance is filled in without it."""
+        if _COMPILED:
+            return cls(
+                payload_type, sequence_number, timestamp, ssrc, payload, marker, csrc, extension, padding
+            )
         packet = object.__new__(cls)
         put = object.__setattr__
         put(packet, "payload_type", payload_type)
@@ -384,8 +394,6 @@ class ReportBlock:
     dlsr: int = 0
     """Delay since that SR in 1/65536 s."""
 
-    _FORMAT = "!IB3sIIII"
-
     def __post_init__(self) -> None:
         _check_range("fraction lost", self.fraction_lost, 8)
         if not -(1 << 23) <= self.cumulative_lost < (1 << 23):
@@ -396,7 +404,7 @@ class ReportBlock:
     def serialize(self) -> bytes:
         lost = (self.cumulative_lost & 0xFFFFFF).to_bytes(3, "big")
         return struct.pack(
-            self._FORMAT,
+            _REPORT_BLOCK_FORMAT,
             self.ssrc,
             self.fraction_lost,
             lost,
@@ -408,7 +416,8 @@ class ReportBlock:
 
     @classmethod
     def parse(cls, data: bytes, offset: int) -> ReportBlock:
-        ssrc, fraction, lost_bytes, highest, jitter, lsr, dlsr = struct.unpack_from(cls._FORMAT, data, offset)
+        fields = struct.unpack_from(_REPORT_BLOCK_FORMAT, data, offset)
+        ssrc, fraction, lost_bytes, highest, jitter, lsr, dlsr = fields
         lost = int.from_bytes(lost_bytes, "big")
         if lost & 0x800000:
             lost -= 1 << 24

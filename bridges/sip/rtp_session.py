@@ -40,7 +40,7 @@ import functools
 import secrets
 import time
 from collections.abc import Callable
-from typing import Final, Literal, cast
+from typing import Final, Literal, Protocol, cast
 
 from bridges.base import CallerAudio, CallerDtmf, LegEvent
 from bridges.sip.early_media import EarlyMedia, EarlyMediaSummary
@@ -65,7 +65,7 @@ from voice.call.pacer import next_on_grid
 from voice.logs import get_logger
 from voice.readsize import small_reads
 
-__all__ = ["FRAME_MS", "RTCP_INTERVAL_S", "RtpClock", "RtpPortPool", "RtpSession"]
+__all__ = ["FRAME_MS", "RTCP_INTERVAL_S", "Clocked", "RtpClock", "RtpPortPool", "RtpSession"]
 
 FRAME_MS: Final = 20
 RTCP_INTERVAL_S: Final = 5.0
@@ -98,6 +98,12 @@ class _Rtp(asyncio.DatagramProtocol):
         self.session.log.debug("rtp.socket_error", error=repr(exc))
 
 
+class Clocked(Protocol):
+    """What the receive clock needs of a session: a step every 20 ms."""
+
+    def _tick(self) -> None: ...
+
+
 class RtpClock:
     """The 20 ms receive clock of many RTP sessions (see the module docstring). Sessions join with
     :meth:`add` and leave with :meth:`remove`; the timer runs while any session is on it."""
@@ -105,7 +111,7 @@ class RtpClock:
     GROUPS: Final = 4
 
     def __init__(self) -> None:
-        self._groups: list[dict[RtpSession, None]] = [{} for _ in range(self.GROUPS)]
+        self._groups: list[dict[Clocked, None]] = [{} for _ in range(self.GROUPS)]
         self._next_group = 0
         self._phase = 0
         self._period = 0.0  # the pacer tick that starts the current round of groups (loop clock)
@@ -114,7 +120,7 @@ class RtpClock:
     def __len__(self) -> int:
         return sum(len(group) for group in self._groups)
 
-    def add(self, session: RtpSession) -> None:
+    def add(self, session: Clocked) -> None:
         self._groups[self._next_group][session] = None
         self._next_group = (self._next_group + 1) % self.GROUPS
         if self._handle is None:
@@ -123,7 +129,7 @@ class RtpClock:
             self._phase = 0
             self._handle = loop.call_at(self._period + _OFFSETS_S[0], self._step)
 
-    def remove(self, session: RtpSession) -> None:
+    def remove(self, session: Clocked) -> None:
         for group in self._groups:
             group.pop(session, None)
         if self._handle is not None and not any(self._groups):

@@ -23,7 +23,6 @@ from voice import metrics
 from voice.call.agent_tools import restaurant_registry
 from voice.call.cost import BUDGET_WARNING_INSTRUCTIONS
 from voice.call.pacer import FramePacer
-from voice.call.recorder import Recorder
 from voice.call.runner import CallRunner
 from voice.call.upstream import Backoff, UpstreamOpener
 from voice.config import Settings
@@ -542,25 +541,28 @@ async def test_the_recording_file_is_brought_up_to_date_about_once_a_second(
     profile: AgentProfile,
     store: CallStore,
     pacer: FramePacer,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each update of the file is a write and a header rewrite: while the caller's audio keeps the file up
     to date, the housekeeping timer adds none, and the file never falls more than hold + 1 s behind."""
     commits: list[tuple[int, int]] = []  # (call clock, committed ms) after each update
-    original = Recorder._commit
 
-    def counting(self: Recorder, upto: int) -> None:
-        before = self.committed_ms
-        original(self, upto)
-        if self.committed_ms != before:
-            commits.append((runner.now_ms(), self.committed_ms))
+    async def watch(runner: CallRunner) -> None:
+        """Each update moves ``committed_ms``; updates are about a second apart, samples 5 ms."""
+        last = 0
+        while True:
+            recorder = runner.recorder
+            if recorder is not None and recorder.committed_ms != last:
+                last = recorder.committed_ms
+                commits.append((runner.now_ms(), last))
+            await asyncio.sleep(0.005)
 
-    monkeypatch.setattr(Recorder, "_commit", counting)
     codec: AudioCodec = "pcmu"
     async with FakeUpstream(reply_ms=100, codec=codec) as up:
         leg = FakeLeg("call_commits", codec)
         runner, task = await start_live(leg, settings_for(tmp_path, up.url), profile, store, pacer)
+        watcher = asyncio.create_task(watch(runner))
         await pace_caller(leg, tone(3500, codec))
+        watcher.cancel()
         live = list(commits)
         leg.inbox.put_nowait(LegHangup("bye"))
         await asyncio.wait_for(task, 5)

@@ -138,7 +138,7 @@ async def test_one_clock_ticks_every_session_every_20ms_in_groups_after_the_pace
     clock = RtpClock()
     sessions = [_Ticked() for _ in range(8)]
     for session in sessions:
-        clock.add(session)  # type: ignore[arg-type]
+        clock.add(session)
     assert len(clock) == 8
     await asyncio.sleep(0.41)
     counts = [len(s.at) for s in sessions]
@@ -155,7 +155,7 @@ async def test_one_clock_ticks_every_session_every_20ms_in_groups_after_the_pace
     offset = clock._handle.when() - clock._period
     assert any(offset == pytest.approx(o, abs=1e-6) for o in (0.0002, 0.0032, 0.0062, 0.0092))
     for session in sessions:
-        clock.remove(session)  # type: ignore[arg-type]
+        clock.remove(session)
     assert len(clock) == 0 and clock._handle is None
     before = [len(s.at) for s in sessions]
     await asyncio.sleep(0.05)
