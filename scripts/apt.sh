@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite's real peers need: headless Chromium (widget, WebRTC),
-# SIPp (sip-tester: SIP calls in and out) and sox.
+# SIPp (sip-tester: SIP calls in and out) and sox; gcc compiles the per-frame modules (voice/native.py).
 # Only missing packages are installed, so a warm machine pays nothing.
 set -euo pipefail
-packages=(chromium sip-tester sox)
+packages=(chromium sip-tester sox gcc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

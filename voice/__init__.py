@@ -7,3 +7,7 @@ Sub-packages:
 """
 
 __version__ = "0.1.0"
+
+from voice import native as _native
+
+_native.enable()

@@ -62,7 +62,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from bridges.sip.service import cancel_dialing, sip_lifespan, sip_routes
 from bridges.twilio.routes import twilio_routes
 from bridges.webrtc.routes import routes as webrtc_routes
-from voice import __version__, api_spec
+from voice import __version__, api_spec, native
 from voice.auth import MAX_TOKEN_TTL_S, AuthError, check_browser, mint, spend
 from voice.call.agent_tools import restaurant_registry
 from voice.call.pacer import FramePacer
@@ -789,6 +789,7 @@ async def _serve(settings: Settings, announce: Callable[[str], None]) -> None:
         db=str(settings.db_path),
         version=__version__,
         pid=os.getpid(),
+        modules=str(native.state()),
     )
     await server.serve()
     _log.info("service_stopped")

@@ -29,6 +29,7 @@ from asyncio import BaseTransport
 from collections.abc import Callable
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -116,6 +117,7 @@ def direct_channel(scope: Any) -> DirectChannel | None:
     return channel if isinstance(channel, DirectChannel) else None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (voice.native), and still open to subclasses
 class StreamingWSProtocol(WebSocketsSansIOProtocol):
     """``WebSocketsSansIOProtocol`` with slack in flow control, a direct frame parser and a direct channel
     (see the module docstring)."""

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from voice import native
 from voice.bench.common import cpu_split, pin
 
 
@@ -110,7 +111,10 @@ def test_isolate_pins_the_service_and_the_peers_apart() -> None:
         assert os.sched_getaffinity(service.pid) == split[0]
         assert os.sched_getaffinity(peer.pid) == split[1] == peer_cpus()
         assert os.sched_getaffinity(0) == split[1]
-        assert where == f"service on CPUs {sorted(split[0])}, the peers on {sorted(split[1])}"
+        assert where == (
+            f"service on CPUs {sorted(split[0])}, the peers on {sorted(split[1])}; "
+            f"per-frame modules {native.state()}"
+        )
     finally:
         os.sched_setaffinity(0, mine)
         for proc in (service, peer):

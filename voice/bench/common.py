@@ -24,6 +24,7 @@ from typing import Final
 
 import httpx
 
+from voice import native
 from voice.realtime.client import masked_frame
 
 _ZERO_MASK: Final = bytes(4)
@@ -32,6 +33,7 @@ __all__ = [
     "LeanWebSocket",
     "PacerStats",
     "Service",
+    "clean_env",
     "client_frame",
     "cpu_s",
     "cpu_split",
@@ -76,14 +78,28 @@ def peer_cpus() -> frozenset[int] | None:
 
 def isolate(service_pid: int, peer_pids: list[int], peers: str) -> str:
     """Pin the service to its CPU and ``peer_pids`` and this process (``peers``, for the message) to the
-    others (:func:`cpu_split`); returns where each runs, for the benchmark's heading."""
+    others (:func:`cpu_split`); returns where each runs, and whether the service (started from this tree
+    and interpreter) runs the compiled per-frame modules, for the benchmark's heading."""
+    modules = f"per-frame modules {native.state()}"
     split = cpu_split()
     if split is None:
-        return f"one CPU: the service and {peers} share it"
+        return f"one CPU: the service and {peers} share it; {modules}"
     pin(service_pid, split[0])
     for pid in [*peer_pids, os.getpid()]:
         pin(pid, split[1])
-    return f"service on CPUs {sorted(split[0])}, {peers} on {sorted(split[1])}"
+    return f"service on CPUs {sorted(split[0])}, {peers} on {sorted(split[1])}; {modules}"
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment for a service the benchmark starts: no service settings or keys from
+    the caller's shell, which would change what is measured, but ``VOICE_NATIVE``, so that
+    ``VOICE_NATIVE=0 voice bench ...`` measures the interpreted per-frame modules against the compiled."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_", "TWILIO_"))}
+    for key in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY"):
+        env.pop(key, None)
+    if "VOICE_NATIVE" in os.environ:
+        env["VOICE_NATIVE"] = os.environ["VOICE_NATIVE"]
+    return env
 
 
 def free_port() -> int:

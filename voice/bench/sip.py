@@ -56,6 +56,7 @@ from voice.bench.audio import _frames
 from voice.bench.common import (
     PacerStats,
     Service,
+    clean_env,
     cpu_s,
     free_port,
     isolate,
@@ -530,9 +531,7 @@ def _free_even_base(count: int, start: int) -> int:
 
 def _start_sip_service(home: Path, upstream: str, sip_port: int, rtp_min: int, rtp_max: int) -> Service:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_", "TWILIO_"))}
-    env.pop("OPENAI_API_KEY", None)
-    env.pop("AZURE_OPENAI_API_KEY", None)
+    env = clean_env()
     env.update(
         {
             "VOICE_DB_PATH": str(home / "voice.db"),

@@ -73,6 +73,7 @@ from voice.bench.common import (
     LeanWebSocket,
     PacerStats,
     Service,
+    clean_env,
     cpu_s,
     free_port,
     isolate,
@@ -299,8 +300,7 @@ class Sender:
 
 def _start_service(home: Path, upstream: str) -> Service:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICE_", "TWILIO_"))}
-    env.pop("OPENAI_API_KEY", None)
+    env = clean_env()
     env.update(
         {
             "TWILIO_AUTH_TOKEN": TOKEN,
