@@ -28,6 +28,7 @@ fi
 # The same modules interpreted, as on a machine where they could not be compiled: their own tests.
 echo "== pytest, per-frame modules interpreted (VOICE_NATIVE=0)"
 VOICE_NATIVE=0 pytest -q \
+  tests/audio/test_g711.py tests/audio/test_pcm.py tests/call/test_cost.py tests/call/test_tools.py \
   tests/test_wsprotocol.py tests/call/test_bargein.py tests/call/test_core.py tests/call/test_pacer.py \
   tests/call/test_playout.py tests/call/test_recorder.py tests/call/test_runner.py \
   tests/bridges/twilio/test_marks.py tests/bridges/twilio/test_protocol.py tests/bridges/sip/test_jitter.py \

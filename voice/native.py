@@ -45,13 +45,18 @@ GROUP = "voice_native"
 
 MODULES: tuple[str, ...] = (
     "voice.jsontext",
+    "voice.audio.g711",
+    "voice.audio.pcm",
+    "voice.realtime.ids",
     "voice.wsprotocol",
     "voice.call.bargein",
     "voice.call.core",
+    "voice.call.cost",
     "voice.call.pacer",
     "voice.call.playout",
     "voice.call.recorder",
     "voice.call.runner",
+    "voice.call.tool_calls",
     "voice.call.upstream_events",
     "bridges.twilio.marks",
     "bridges.twilio.protocol",
