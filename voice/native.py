@@ -78,7 +78,8 @@ class NativeState:
         return f"compiled ({self.detail})" if self.compiled else f"interpreted ({self.detail})"
 
 
-_state = NativeState(False, "not enabled")
+_NOT_ENABLED = NativeState(False, "not enabled")
+_state = _NOT_ENABLED
 
 
 def source(module: str) -> Path:
@@ -123,38 +124,39 @@ def _check(manifest: dict[str, object]) -> dict[str, Path] | str:
     if not isinstance(group, dict):
         return "manifest has no shared library"
     files[str(group.get("name"))] = NATIVE_DIR / str(group.get("file"))
-    missing = [str(f) for f in files.values() if not f.is_file()]
-    if missing:
-        return f"missing {missing[0]}"
-    return files
+    missing = next((f for f in files.values() if not f.is_file()), None)
+    return files if missing is None else f"missing {missing}"
+
+
+def _usable_build() -> dict[str, Path] | str:
+    """The files to load in place of the sources, or why this process runs interpreted."""
+    if os.environ.get("VOICE_NATIVE", "1") == "0":
+        return "VOICE_NATIVE=0"
+    try:
+        manifest = json.loads((NATIVE_DIR / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "not built; run python -m voice.nativebuild"
+    except (OSError, ValueError) as exc:
+        return f"manifest unreadable: {exc}"
+    if not isinstance(manifest, dict):
+        return "manifest malformed"
+    loaded = next((m for m in MODULES if m in sys.modules), None)
+    if loaded is not None:
+        return f"{loaded} was imported before the hook"
+    return _check(manifest)
 
 
 def enable() -> NativeState:
     """Install the finder once, if the build matches the sources. Safe to call more than once."""
     global _state
-    if _state.detail != "not enabled":
+    if _state is not _NOT_ENABLED:
         return _state
-    if os.environ.get("VOICE_NATIVE", "1") == "0":
-        _state = NativeState(False, "VOICE_NATIVE=0")
-        return _state
-    try:
-        manifest = json.loads((NATIVE_DIR / MANIFEST).read_text())
-    except FileNotFoundError:
-        _state = NativeState(False, "not built; run python -m voice.nativebuild")
-        return _state
-    except (OSError, ValueError) as exc:
-        _state = NativeState(False, f"manifest unreadable: {exc}")
-        return _state
-    checked = _check(manifest) if isinstance(manifest, dict) else "manifest malformed"
-    if isinstance(checked, str):
-        _state = NativeState(False, checked)
-        return _state
-    loaded = [m for m in MODULES if m in sys.modules]
-    if loaded:
-        _state = NativeState(False, f"{loaded[0]} was imported before the hook")
-        return _state
-    sys.meta_path.insert(0, _NativeFinder(checked))
-    _state = NativeState(True, f"{len(MODULES)} modules")
+    found = _usable_build()
+    if isinstance(found, str):
+        _state = NativeState(False, found)
+    else:
+        sys.meta_path.insert(0, _NativeFinder(found))
+        _state = NativeState(True, f"{len(MODULES)} modules")
     return _state
 
 
