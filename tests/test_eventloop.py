@@ -1,4 +1,5 @@
-"""The service's loop runs the timers that are due before the I/O callbacks of the same pass."""
+"""The service's loop runs the timers that are due before the I/O callbacks of the same pass, and between
+them in a long pass."""
 
 from __future__ import annotations
 
@@ -62,6 +63,80 @@ def test_timers_still_run_once_in_deadline_order_and_cancelled_ones_not_at_all()
     finally:
         loop.close()
     assert ran == [4, 3, 1, 0]
+
+
+_READERS = 40
+_WORK_S = 0.001
+
+
+def _long_pass(
+    loop: asyncio.AbstractEventLoop, due_in_pass_s: list[float], cancel: int | None = None
+) -> list[str]:
+    """Forty sockets become readable while a callback blocks the loop, so the next pass runs forty I/O
+    callbacks of about 1 ms each; timers come due ``due_in_pass_s`` into that pass (timer ``cancel`` is
+    cancelled first). What ran, in order: ``io``, or ``timer<k>`` (``early`` if it ran before its deadline).
+    """
+    order: list[str] = []
+    pairs = [socket.socketpair() for _ in range(_READERS)]
+    block_s = 0.03
+    try:
+
+        def read(sock: socket.socket) -> None:
+            sock.recv(16)
+            loop.remove_reader(sock)
+            time.sleep(_WORK_S)
+            order.append("io")
+
+        def fire(k: int, when: float) -> None:
+            order.append(f"timer{k}" if loop.time() >= when else "early")
+
+        def block() -> None:
+            start = loop.time() + block_s
+            for k, offset in enumerate(due_in_pass_s):
+                handle = loop.call_at(start + offset, fire, k, start + offset)
+                if k == cancel:
+                    handle.cancel()
+            for _, b in pairs:
+                b.send(b"x")
+            time.sleep(block_s)  # all forty are ready when the next pass polls
+
+        for a, _ in pairs:
+            a.setblocking(False)
+            loop.add_reader(a, read, a)
+        loop.call_soon(block)
+        expected = _READERS + len(due_in_pass_s) - (cancel is not None)
+
+        async def wait() -> None:
+            while len(order) < expected:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+
+        loop.run_until_complete(asyncio.wait_for(wait(), 10))
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        loop.close()
+    return order
+
+
+def test_a_timer_that_comes_due_in_a_long_pass_runs_before_the_pass_ends() -> None:
+    order = _long_pass(TimersFirstLoop(), [0.010])
+    assert order.count("io") == _READERS
+    assert "early" not in order
+    assert order.index("timer0") < _READERS  # some of the pass's I/O callbacks run after it
+
+
+def test_the_plain_selector_loop_runs_it_after_the_whole_pass() -> None:
+    # What the checks change: asyncio's own loop runs the timer in the next pass.
+    assert _long_pass(asyncio.SelectorEventLoop(), [0.010]) == ["io"] * _READERS + ["timer0"]
+
+
+def test_timers_due_in_a_long_pass_run_once_in_deadline_order_never_early_and_not_when_cancelled() -> None:
+    loop = TimersFirstLoop()
+    order = _long_pass(loop, [0.012, 0.004, 0.008], cancel=2)
+    timers = [event for event in order if event != "io"]
+    assert timers == ["timer1", "timer0"]
+    assert order.count("io") == _READERS
 
 
 def test_the_service_gets_the_timers_first_loop_here() -> None:

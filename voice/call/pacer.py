@@ -12,7 +12,8 @@ missed ticks and resumes on the grid (a burst of seconds of audio would only ove
 
 The tick is the loop's own timer callback, not a task: it runs in the loop pass its deadline falls in, where
 a task woken by a timer would wait for the next pass and its I/O as well. asyncio's loop runs it after that
-pass's I/O callbacks; the service's loop (:mod:`voice.eventloop`) before them.
+pass's I/O callbacks; the service's loop (:mod:`voice.eventloop`) before them, or, when the deadline falls
+in the middle of a long pass, after the few callbacks that are running then.
 
 Lateness (wake-up time minus deadline) of every tick is recorded in
 :data:`voice.metrics.FRAME_LATENESS`; ticks more than :data:`voice.metrics.LATE_THRESHOLD_MS` late count in
