@@ -5,6 +5,7 @@ WebSocket caller are in tests/e2e/."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import wave
@@ -196,6 +197,46 @@ async def test_greeting_is_played_recorded_priced_and_saved(
     assert a_end - a_start == pytest.approx(400, abs=30)
     assert c_start > a_end  # the caller spoke after the greeting, on the same timeline
     assert c_start - a_end == pytest.approx(round((caller_t0 - frames[-1].t) * 1000) - 20, abs=30)
+
+
+def _tracked_below(root: object, depth: int) -> int:
+    """How many objects tracked by the garbage collector ``root`` reaches in ``depth`` steps (not itself,
+    not classes)."""
+    seen: set[int] = set()
+    tracked = 0
+    level = [root]
+    for _ in range(depth):
+        level = [
+            r
+            for obj in level
+            for r in gc.get_referents(obj)
+            if id(r) not in seen and gc.is_tracked(r) and not isinstance(r, type)
+        ]
+        seen.update(id(r) for r in level)
+        tracked += len(level)
+    return tracked
+
+
+async def test_played_frames_are_remembered_without_an_object_per_frame_for_the_collector(
+    tmp_path: Path, profile: AgentProfile, store: CallStore, pacer: FramePacer
+) -> None:
+    # The runner keeps each played frame's timing for truncation and the recording. Kept as a container per
+    # frame, at 200 calls that was thousands of objects a second for every young collection to walk.
+    gc.disable()  # a collection would untrack tuples of ints and hide them
+    try:
+        async with FakeUpstream(reply_ms=1000) as up:
+            leg = FakeLeg("call_gcfree")
+            runner = make_runner(leg, profile, settings_for(tmp_path, up.url), store, pacer)
+            task = asyncio.create_task(runner.run())
+            await until(lambda: len(leg.frames("item_agent_1")) >= 40)
+            kept = runner._item_frames["item_agent_1"]
+            tracked = _tracked_below(kept, 3)
+            leg.inbox.put_nowait(LegHangup("caller_hangup"))
+            await asyncio.wait_for(task, 5)
+    finally:
+        gc.enable()
+    assert len(kept.item_ms) >= 40
+    assert tracked <= 3  # the lists themselves, none per frame
 
 
 async def test_g711_leg_passes_through_without_transcoding(
