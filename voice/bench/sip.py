@@ -374,7 +374,8 @@ async def _sipp_capacity(calls: int, hold_s: float) -> str:
 
 # -- end to end: SIPp places the calls, ``voice serve`` runs them against the local engine ------------------
 
-E2E_SIZES: Final = (50, 100, 200)
+E2E_SIZES: Final = (50, 100, 200, 260)
+"""Calls per run: the target's 200, then 260 to show the headroom (what 200 cost on a 30 % slower machine)."""
 E2E_RATE: Final = 50
 """New calls per second (SIPp ``-r``): 200 calls ramp up in 4 s."""
 E2E_SETTLE_S: Final = 2.0
@@ -791,17 +792,26 @@ def run_e2e() -> None:
             "of one core; RSS: service memory growth per call; calls: SIPp's count of finished calls"
         )
         best = next((r for r in rows if r.calls == TARGET_CALLS), None)
-        ok = best is not None and best.live_min >= TARGET_CALLS and best.pacer_p99_ms < TARGET_P99_MS
-        detail = (
-            f"{best.live_min} live, pacer p99 {best.pacer_p99_ms:.2f} ms, RTP |IPDV| p99 "
-            f"{best.wire_p99_ms:.1f} ms"
-            if best is not None
-            else "not measured"
+        captured = best is not None and best.wire_streams > 0
+        ok = (
+            best is not None
+            and best.live_min >= TARGET_CALLS
+            and best.pacer_p99_ms < TARGET_P99_MS
+            and (not captured or best.wire_p99_ms < TARGET_P99_MS)
         )
+        detail = "not measured"
+        if best is not None:
+            wire = f"RTP |IPDV| p99 {best.wire_p99_ms:.1f} ms" if captured else "RTP not captured"
+            detail = f"{best.live_min} live, pacer p99 {best.pacer_p99_ms:.2f} ms, {wire}"
         print(
-            f"target: >= {TARGET_CALLS} concurrent SIP calls with p99 RTP send jitter (pacer lateness) < "
-            f"{TARGET_P99_MS:g} ms: {'meets' if ok else 'MISSES'} ({detail})"
+            f"target: >= {TARGET_CALLS} concurrent SIP calls with p99 RTP send jitter (pacer lateness and "
+            f"the packets' |IPDV|) < {TARGET_P99_MS:g} ms: {'meets' if ok else 'MISSES'} ({detail})"
         )
+        for extra in (r for r in rows if r.calls > TARGET_CALLS):
+            print(
+                f"headroom: {extra.live_min} calls, pacer p99 {extra.pacer_p99_ms:.2f} ms, RTP |IPDV| p99 "
+                f"{extra.wire_p99_ms:.1f} ms at {extra.service_cpu_pct:.0f} % of a core"
+            )
 
 
 def run() -> None:

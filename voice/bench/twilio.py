@@ -94,7 +94,10 @@ FRAME_S: Final = 0.020
 SILENCE: Final = b"\xff" * FRAME_BYTES
 BARGE_INS: Final = 16
 BARGE_IN_BATCH: Final = 4
-CAPACITY_SIZES: Final = (50, 100, 200)
+CAPACITY_SIZES: Final = (50, 100, 200, 260)
+"""Calls per capacity run: the target's 200, then 260 to show the headroom (what 200 cost on a machine
+that is 30 % slower)."""
+TARGET_CALLS: Final = 200
 WINDOW_S: Final = 8.0
 SETTLE_S: Final = 3.0
 RAMP_BATCH: Final = 25
@@ -810,10 +813,10 @@ async def _bench() -> None:
                     f"{row.engine_cpu_pct:.0f}%, callers {row.callers_cpu_pct:.0f}%; service preempted "
                     f"{row.preempted_per_s:.0f}/s; load average {row.load}"
                 )
-            best = rows[-1] if rows else None
+            best = next((r for r in rows if r.calls == TARGET_CALLS), None)
             ok = (
                 best is not None
-                and best.connected >= 200
+                and best.connected >= TARGET_CALLS
                 and best.pacer_p99_ms < 10
                 and best.ticks >= 0.95 * ticks
             )
@@ -824,7 +827,12 @@ async def _bench() -> None:
                 "bucket); caller p99: agent frame arrival lateness at the callers; frames/s: agent frames "
                 "per caller per second; CPU: % of one core; RSS: resident memory growth"
             )
-            print(f"target: >= 200 concurrent calls with pacer p99 < 10 ms: {verdict}")
+            print(f"target: >= {TARGET_CALLS} concurrent calls with pacer p99 < 10 ms: {verdict}")
+            for extra in (r for r in rows if r.calls > TARGET_CALLS):
+                print(
+                    f"headroom: {extra.connected} calls, pacer p99 {extra.pacer_p99_ms:.2f} ms at "
+                    f"{extra.service_cpu_pct:.0f} % of a core"
+                )
         finally:
             await asyncio.to_thread(_stop_service, service)
             engine.terminate()
