@@ -7,8 +7,9 @@ timers whose time has come, and runs the lot in that order. The frame pacer is a
 all of those that arrived while the pass before ran. :class:`TimersFirstLoop` changes two things:
 
 - it queues the due timers first, as libuv does (its timer phase comes before its poll phase);
-- in a pass of more than :attr:`~TimersFirstLoop.check_every` I/O callbacks, it runs a check after every
-  ``check_every`` of them that runs the timers that have come due meanwhile, there and then.
+- in a pass of more than :attr:`~TimersFirstLoop.check_every` callbacks (socket callbacks, mostly), it runs
+  a check after every ``check_every`` of them that runs the timers that have come due meanwhile, there and
+  then.
 
 So a tick whose deadline falls in the middle of a long pass waits for at most ``check_every`` callbacks,
 not for the rest of the pass. That is what keeps the pacing steady when the machine is slower or busier:
@@ -36,7 +37,7 @@ class TimersFirstLoop(asyncio.SelectorEventLoop):
     them in a long pass (see the module docstring)."""
 
     check_every: int = 8
-    """I/O callbacks between two checks for due timers in a long pass."""
+    """Callbacks between two checks for due timers in a long pass."""
 
     _scheduled: list[asyncio.TimerHandle]
     _ready: Any  # collections.deque[asyncio.Handle]
