@@ -48,12 +48,20 @@ class TimersFirstLoop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         self._check = asyncio.Handle(self._run_due_timers, (), self)
 
-    def _process_events(self, event_list: list[Any]) -> None:
-        end = self.time() + self._clock_resolution  # what the base loop counts as due in this pass
+    def _pop_due(self, end: float) -> asyncio.TimerHandle | None:
+        """Take the next timer due before ``end`` off the heap (dropping cancelled ones); ``None`` if none."""
         scheduled = self._scheduled
         while scheduled and scheduled[0].when() < end:
             handle = heapq.heappop(scheduled)
             handle._scheduled = False  # type: ignore[attr-defined]
+            if not handle.cancelled():
+                return handle
+            self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
+        return None
+
+    def _process_events(self, event_list: list[Any]) -> None:
+        end = self.time() + self._clock_resolution  # what the base loop counts as due in this pass
+        while (handle := self._pop_due(end)) is not None:
             self._ready.append(handle)
         super()._process_events(event_list)  # type: ignore[misc]
         ready = self._ready
@@ -66,18 +74,12 @@ class TimersFirstLoop(asyncio.SelectorEventLoop):
                 ready.append(self._check)
 
     def _run_due_timers(self) -> None:
-        """The check between I/O callbacks: run the timers due by now, in deadline order."""
-        scheduled = self._scheduled
-        if not scheduled:
+        """The check between callbacks: run the timers due by now, in deadline order."""
+        if not self._scheduled:
             return
         end = self.time() + self._clock_resolution
-        while scheduled and scheduled[0].when() < end:
-            handle = heapq.heappop(scheduled)
-            handle._scheduled = False  # type: ignore[attr-defined]
-            if handle.cancelled():
-                self._timer_cancelled_count = max(0, self._timer_cancelled_count - 1)
-            else:
-                handle._run()
+        while (handle := self._pop_due(end)) is not None:
+            handle._run()
 
 
 def _supported() -> bool:
